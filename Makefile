@@ -1,0 +1,50 @@
+# eagle_ext developer entry points. Every target sets up what it needs first, so each works on a fresh clone:
+#   make test   - set up, then run the test suite (the default, fast set; `make test-all` adds slow tests)
+#   make demo   - set up, then run the main job on the embedded default
+#   make bench  - set up, then run every benchmark in benchmarks/ (results in benchmarks/results/)
+# Set-up: a virtual environment in .venv; torch==2.13.0 (the CPU wheel) when no torch is importable there;
+# the package with its test extras, which also compiles the C++ extension. Re-running is idempotent: the
+# install step re-runs only when pyproject.toml, setup.py or csrc/ change.
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.eagle_ext-installed
+TORCH_SPEC  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup install test test-all demo bench lint clean
+
+setup: $(STAMP)
+
+install: setup
+
+$(PY):
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet setuptools wheel pybind11 ninja
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	@$(PY) -c "import eagle_ext._ext as e; e.load_extension(); print('eagle_ext._C built')"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m eagle_ext demo
+
+bench: setup
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+lint: setup
+	$(PY) -m pip install --quiet ruff
+	$(PY) -m ruff check eagle_ext tests benchmarks
+
+clean:
+	rm -rf build *.egg-info eagle_ext/_C*.so $(STAMP)

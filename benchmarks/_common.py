@@ -1,0 +1,158 @@
+"""Shared helpers for the benchmark scripts: timing, peak memory, tables and JSON results.
+
+Every benchmark runs the fast path and its reference side by side in one run. Peak memory is measured as
+the extra memory a case needs beyond its inputs:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before the call;
+- CPU: each case runs in a fresh spawned process, and the growth of the resident set's high-water mark
+  (``ru_maxrss``) over the resident set measured after the inputs were built is reported. Freed
+  allocator caches make this an upper bound on the live tensors, which is what a user's RAM sees.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], *, device: str | torch.device = "cpu", warmup: int = 1, repeat: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if sys.platform == "darwin" else kb * 1024
+
+
+def _child(case: Callable[..., Callable[[], Any]], kwargs: dict, warmup: int, repeat: int, queue) -> None:
+    try:
+        torch.set_num_threads(kwargs.pop("_threads", torch.get_num_threads()))
+        run = case(**kwargs)
+        base = _current_rss_bytes()
+        seconds = time_fn(run, warmup=warmup, repeat=repeat)
+        queue.put({"seconds": seconds, "peak_bytes": max(0, _maxrss_bytes() - base)})
+    except BaseException as exc:  # report, then let the parent raise
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def measure(
+    case: Callable[..., Callable[[], Any]],
+    *,
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    repeat: int = 3,
+    **kwargs,
+) -> dict[str, float]:
+    """Time ``case(**kwargs)()`` and measure its peak extra memory.
+
+    ``case`` builds the inputs and returns the zero-argument callable to measure. On CPU it must be a
+    module-level function (it runs in a spawned process so that memory high-water marks are per case).
+    Returns ``{"seconds": median, "peak_bytes": bytes}``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        run = case(**kwargs)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        seconds = time_fn(run, device=device, warmup=warmup, repeat=repeat)
+        return {"seconds": seconds, "peak_bytes": torch.cuda.max_memory_allocated(device) - base}
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(case, dict(kwargs), warmup, repeat, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"benchmark case {case.__name__}{kwargs} failed: {result['error']}")
+    return result
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> str:
+    """Print ``rows`` as a Markdown table with the given ``columns``; return the text."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = []
+    if title:
+        lines.append(f"### {title}")
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def write_results(name: str, payload: dict[str, Any], device: str | torch.device = "cpu") -> str:
+    """Write ``payload`` plus environment facts to ``benchmarks/results/<name>_<device>.json`` atomically."""
+    device = torch.device(device)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **payload,
+    }
+    path = os.path.join(RESULTS_DIR, f"{name}_{device.type}.json")
+    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}", flush=True)
+    return path

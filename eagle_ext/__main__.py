@@ -1,0 +1,3 @@
+from eagle_ext.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Plain Python / torch references the fast paths are tested (and benchmarked) against."""

@@ -1,0 +1,129 @@
+"""C++ document packing vs the pure-Python references, plus the recipe's oracle and input checks."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eagle_ext.ops.packing import fill_packed_rows, pack_documents
+from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows
+
+lengths_st = st.lists(st.integers(min_value=0, max_value=40), min_size=0, max_size=60)
+
+
+def _flat(docs):
+    ids = [t for d, _ in docs for t in d]
+    loss = [t for _, m in docs for t in m]
+    offsets = [0]
+    for d, _ in docs:
+        offsets.append(offsets[-1] + len(d))
+    return torch.tensor(ids, dtype=torch.int64), torch.tensor(loss, dtype=torch.int64), torch.tensor(offsets)
+
+
+def _docs(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(1, 1000, (n,), generator=g).tolist()
+        loss = torch.randint(0, 3, (n,), generator=g).tolist()  # values > 1 must be coerced to 1
+        docs.append((ids, loss))
+    return docs
+
+
+def test_oracle_3_2_7_at_width_8():
+    docs = [([10, 11, 12], [0, 1, 1]), ([20, 21], [1, 1]), (list(range(30, 37)), [1] * 7)]
+    rows, num_rows = pack_documents(torch.tensor([3, 2, 7]), 8, "greedy")
+    assert rows.tolist() == [0, 0, 1] and num_rows == 2
+    out = fill_packed_rows(*_flat(docs), rows, num_rows, 8, pad_token_id=0)
+    assert out["input_ids"][0].tolist() == [10, 11, 12, 20, 21, 0, 0, 0]
+    assert out["position_ids"][0].tolist()[:5] == [0, 1, 2, 0, 1]
+    assert out["seq_lens"].tolist() == [[3, 5], [8, 0]]
+    assert out["num_docs"].tolist() == [2, 1]
+    assert out["doc_remaining"][0].tolist() == [2, 1, 0, 1, 0, 0, 0, 0]
+    assert out["doc_remaining"][1].tolist() == [6, 5, 4, 3, 2, 1, 0, 0]
+    assert out["attention_mask"][0].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    assert out["loss_mask"][0].tolist() == [0, 1, 1, 1, 1, 0, 0, 0]
+    assert out["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50))
+def test_greedy_matches_reference(lengths, capacity):
+    rows, num_rows = pack_documents(torch.tensor(lengths, dtype=torch.int64), capacity, "greedy")
+    assert (rows.tolist(), num_rows) == greedy_rows(lengths, capacity)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50))
+def test_best_fit_matches_reference(lengths, capacity):
+    rows, num_rows = pack_documents(torch.tensor(lengths, dtype=torch.int64), capacity, "best_fit")
+    assert (rows.tolist(), num_rows) == best_fit_rows(lengths, capacity)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50),
+       strategy=st.sampled_from(["greedy", "best_fit"]))
+def test_fill_matches_reference(lengths, capacity, strategy):
+    docs = _docs(lengths)
+    rows, num_rows = pack_documents(torch.tensor(lengths, dtype=torch.int64), capacity, strategy)
+    out = fill_packed_rows(*_flat(docs), rows, num_rows, capacity, pad_token_id=7)
+    expected = fill_rows(docs, rows.tolist(), num_rows, capacity, pad_token_id=7)
+    for r, row in enumerate(expected):
+        for key in ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining"):
+            assert out[key][r].tolist() == row[key], key
+        n = int(out["num_docs"][r])
+        assert out["seq_lens"][r, :n].tolist() == row["seq_lens"]
+        assert int(out["seq_lens"][r].sum()) == capacity
+        assert not out["seq_lens"][r, n:].any()
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50))
+def test_best_fit_never_uses_more_rows_than_greedy(lengths, capacity):
+    t = torch.tensor(lengths, dtype=torch.int64)
+    assert pack_documents(t, capacity, "best_fit")[1] <= pack_documents(t, capacity, "greedy")[1]
+
+
+def test_empty_documents_and_truncation():
+    rows, num_rows = pack_documents(torch.tensor([0, 12, 0, 3]), 8, "greedy")
+    assert rows.tolist() == [-1, 0, -1, 1] and num_rows == 2
+    docs = [([], []), (list(range(100, 112)), [1] * 12), ([], []), ([1, 2, 3], [1, 0, 1])]
+    out = fill_packed_rows(*_flat(docs), rows, num_rows, 8)
+    assert out["input_ids"][0].tolist() == list(range(100, 108))  # truncated to capacity
+    assert out["seq_lens"][:, 0].tolist() == [8, 8]
+    assert pack_documents(torch.tensor([], dtype=torch.int64), 8, "best_fit")[1] == 0
+
+
+def test_best_fit_packs_tighter_than_greedy():
+    lengths = torch.tensor([5, 6, 3, 2, 4, 7, 1])  # greedy needs 5 rows at W=8, best-fit 4
+    assert pack_documents(lengths, 8, "greedy")[1] == 5
+    assert pack_documents(lengths, 8, "best_fit")[1] == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lengths": torch.tensor([3, -1]), "capacity": 8}, r"lengths\[1\] = -1"),
+        ({"lengths": torch.tensor([3]), "capacity": 0}, "capacity must be >= 1, got 0"),
+        ({"lengths": torch.tensor([[3]]), "capacity": 8}, "lengths must be 1-D"),
+        ({"lengths": torch.tensor([3.0]), "capacity": 8}, "lengths must be an integer tensor"),
+        ({"lengths": torch.tensor([3]), "capacity": 8, "strategy": "first_fit"}, "strategy must be one of"),
+    ],
+)
+def test_pack_documents_bad_input(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        pack_documents(**kwargs)
+
+
+def test_fill_rejects_inconsistent_inputs():
+    ids, loss, offsets = _flat([([1, 2], [1, 1]), ([3], [1])])
+    with pytest.raises(ValueError, match="out of range"):
+        fill_packed_rows(ids, loss, offsets, torch.tensor([0, 5]), 1, 8)
+    with pytest.raises(ValueError, match="overflows capacity"):
+        fill_packed_rows(ids, loss, offsets, torch.tensor([0, 0]), 1, 2)
+    with pytest.raises(ValueError, match="offsets must have"):
+        fill_packed_rows(ids, loss, offsets[:-1], torch.tensor([0, 0]), 1, 8)
+    with pytest.raises(ValueError, match="loss_mask must have"):
+        fill_packed_rows(ids, loss[:-1], offsets, torch.tensor([0, 0]), 1, 8)
+    with pytest.raises(ValueError, match="holds no document"):
+        fill_packed_rows(ids, loss, offsets, torch.tensor([0, 0]), 2, 8)
