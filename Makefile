@@ -25,7 +25,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet setuptools wheel pybind11 ninja
+	$(PY) -m pip install --quiet setuptools wheel pybind11 ninja numpy
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
 	@$(PY) -c "import eagle_ext._ext as e; e.load_extension(); print('eagle_ext._C built')"
 	@touch $(STAMP)
