@@ -1,0 +1,185 @@
+"""Benchmark fused_linear_kl: full forward + backward time and peak extra memory, side by side.
+
+Implementations: ``reference`` (fp32 linear -> log_softmax -> soft-CE, the baseline of the ratios),
+``chunked`` (torch autograd.Function over row chunks), ``compile`` (``torch.compile`` of the reference;
+skipped with a note if it fails or exceeds ``--compile-timeout``), ``triton`` (CUDA only) and, on CUDA,
+``eager_native`` (the usual torch recipe: linear in the input dtype, then ``.float()``).
+
+Cases:
+- CPU: N=4096, H=1024, Vd=32000, fp32 (targets: chunked peak <= 1/4 of the reference, time <= 1.25x).
+- CUDA: N=8192, H=4096, Vd=32000, bf16, one call and a 7-step TTT-like loop (7 calls, one weight, step
+  weights 0.8^k, one backward). TFLOP/s use the 3-GEMM lower bound 6·N·H·Vd per call (forward logits, dH,
+  dW); the Triton path executes 8·N·H·Vd (it recomputes the logits in backward), also reported.
+
+Usage: ``python -m benchmarks.bench_fused_linear_kl [--quick] [--no-compile] [--device cpu|cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+
+import torch
+
+from benchmarks._common import fmt_bytes, measure, print_table, write_results
+from eagle_ext.ops.fused_linear_kl import fused_linear_kl, fused_linear_kl_reference
+
+
+def _eager_native(hidden, weight, mask, *, target_probs):
+    """The common torch recipe: logits in the input dtype (fp32 accumulation inside the GEMM), then fp32."""
+    log_q = torch.log_softmax(torch.nn.functional.linear(hidden, weight).float(), dim=-1)
+    row = -(target_probs * log_q).sum(-1)
+    return torch.where(mask, row, torch.zeros_like(row)).sum()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Raise TimeoutError in the main thread after ``seconds`` (used to cap torch.compile)."""
+
+    def _raise(signum, frame):
+        raise TimeoutError(f"torch.compile took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _reset_rss_peak() -> None:
+    # Compilation and input construction happen before the measured calls; forget their RSS peak so the
+    # high-water mark measured by benchmarks/_common.py covers the measured calls only (Linux).
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def case(impl, n, h, v, dtype, where, steps=1, compile_timeout=600, seed=0):
+    """Build inputs for ``steps`` TTT-like calls sharing one weight on device ``where``; return the
+    zero-argument fwd+bwd closure (module level: benchmarks/_common.py runs CPU cases in a subprocess)."""
+    dtype = getattr(torch, dtype)
+    dev = torch.device(where)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    weight = (torch.randn(v, h, device=dev, generator=gen) * h**-0.5).to(dtype).requires_grad_()
+    hiddens = [torch.randn(n, h, device=dev, generator=gen).to(dtype).requires_grad_() for _ in range(steps)]
+    probs = torch.softmax(2.0 * torch.randn(n, v, device=dev, generator=gen), dim=-1)
+    mask = torch.rand(n, device=dev, generator=gen) > 0.2
+
+    if impl == "eager_native":
+        loss_fn = lambda hs: _eager_native(hs, weight, mask, target_probs=probs)  # noqa: E731
+    elif impl == "compile":
+        compiled = torch.compile(fused_linear_kl_reference)
+        loss_fn = lambda hs: compiled(hs, weight, mask, target_probs=probs).loss  # noqa: E731
+    else:
+        loss_fn = lambda hs: fused_linear_kl(hs, weight, mask, target_probs=probs, impl=impl).loss  # noqa: E731
+
+    def run():
+        weight.grad = None
+        for hs in hiddens:
+            hs.grad = None
+        total = sum(loss_fn(hs) * 0.8**k for k, hs in enumerate(hiddens))
+        total.backward()
+
+    if impl == "compile":
+        with _deadline(compile_timeout):
+            run()
+    _reset_rss_peak()
+    return run
+
+
+def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_timeout=600):
+    """Measure every impl on one shape; return (table rows, notes about skipped impls)."""
+    print(f"\n# {title}: N={n} H={h} Vd={v} {dtype} on {device}, {steps} call(s) per fwd+bwd", flush=True)
+    rows, notes = [], []
+    for impl in impls:
+        try:
+            r = measure(
+                case,
+                device=device,
+                warmup=1,
+                repeat=repeat,
+                impl=impl,
+                n=n,
+                h=h,
+                v=v,
+                dtype=dtype,
+                where=device,
+                steps=steps,
+                compile_timeout=compile_timeout,
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            note = f"{title}: {impl} skipped ({exc})"
+            print(note, flush=True)
+            notes.append(note)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        print(f"  {impl}: {r['seconds'] * 1e3:.1f} ms, peak {fmt_bytes(r['peak_bytes'])}", flush=True)
+        rows.append({"case": title, "impl": impl, **r})
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    ref = next((r for r in rows if r["impl"] == "reference"), None)
+    flops_min = 6.0 * n * h * v * steps
+    for r in rows:
+        r["time_ms"] = r["seconds"] * 1e3
+        r["time"] = f"{r['time_ms']:.1f} ms"
+        r["peak"] = fmt_bytes(r["peak_bytes"])
+        r["time_vs_ref"] = r["seconds"] / ref["seconds"] if ref else float("nan")
+        r["peak_vs_ref"] = r["peak_bytes"] / ref["peak_bytes"] if ref and ref["peak_bytes"] else float("nan")
+        r["tflops_6nhv"] = flops_min / r["seconds"] / 1e12
+        r["tflops_executed"] = flops_min * (8 / 6 if r["impl"] == "triton" else 1.0) / r["seconds"] / 1e12
+    return rows, notes
+
+
+COLUMNS = ["case", "impl", "time", "time_vs_ref", "peak", "peak_vs_ref", "tflops_6nhv", "tflops_executed"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (smoke run)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    parser.add_argument("--compile-timeout", type=int, default=600, help="seconds allowed for torch.compile")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    args = parser.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compile_impl = [] if args.no_compile else ["compile"]
+    if args.no_compile:
+        print("note: torch.compile(reference) skipped (--no-compile)", flush=True)
+    repeat = 1 if args.quick else 3
+    common = dict(device=device, repeat=repeat, compile_timeout=args.compile_timeout)
+    results, notes = [], []
+    if device == "cpu":
+        shape = dict(n=256, h=128, v=2000) if args.quick else dict(n=4096, h=1024, v=32000)
+        rows, skipped = bench(
+            "cpu", **shape, dtype="float32", impls=["reference", "chunked", *compile_impl], **common
+        )
+        results += rows
+        notes += skipped
+    else:
+        shape = dict(n=1024, h=512, v=4000) if args.quick else dict(n=8192, h=4096, v=32000)
+        impls = ["reference", "eager_native", "chunked", *compile_impl, "triton"]
+        for title, steps in (("cuda", 1), ("cuda_ttt7", 7)):
+            rows, skipped = bench(title, **shape, dtype="bfloat16", impls=impls, steps=steps, **common)
+            results += rows
+            notes += skipped
+    print()
+    table = print_table(results, COLUMNS, title=f"fused_linear_kl fwd+bwd ({device}; ratios vs reference)")
+    for note in notes:
+        print(note)
+    write_results(
+        "fused_linear_kl" + ("_quick" if args.quick else ""),
+        {
+            "rows": results,
+            "notes": notes,
+            "table": table,
+            "flop_count": "6*N*H*Vd per call (3-GEMM lower bound)",
+        },
+        device=device,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Triton kernels for ``eagle_ext.ops.fused_linear_kl``: draft-vocab projection fused with soft-CE / KL.
+
+Notation: ``hidden`` [N, H], ``weight`` [V, H] (V = draft vocab), ``z = hidden @ weight.T`` [N, V] with
+fp32 accumulation, ``p`` the target distribution (``target_probs`` as given, or ``softmax(target_logits)``),
+``lse = logsumexp(z)`` per row. Per row: soft-CE ``= Σp·lse - Σp·z``, KL ``= soft-CE + Σ p·log p``, and
+``dL/dz = Σp·softmax(z) - p``.
+
+Design: recompute in backward (Cut-Cross-Entropy style), not gradient in forward (Liger style)
+---------------------------------------------------------------------------------------------------
+Forward (``forward``): one kernel, grid ``(row blocks, vocab splits)``. Each program walks its vocab range
+tile by tile; a tile of ``z`` is a ``BLOCK_N x BLOCK_V`` fp32 register accumulator (``tl.dot`` over H in
+``BLOCK_H`` steps) that is folded into online per-row statistics and then dropped: running max, argmax,
+``Σexp(z - max)``, ``Σp``, ``Σp·z``, ``Σ p·log p`` (KL), argmax of the target, and, for logit targets, the
+online softmax of the target (max, sum, and ``Σe·z``, ``Σe·t`` with ``e = exp(t - max_t)``). A few torch
+ops merge the splits. Only ``lse``, ``Σp`` and (logit targets) the target ``lse`` -- three fp32 per row --
+are saved for backward; no ``[N, V]`` tensor exists in forward.
+
+Backward (``backward``): the vocab is cut into chunks of ``width`` columns (default: H rounded up to 256,
+so a chunk of ``dz`` is the size of ``hidden``). Per chunk a kernel recomputes the ``z`` tile in fp32
+registers, forms ``dz = g·mask·(Σp·exp(z - lse) - p)`` and writes it once in the compute dtype into an
+``[N, width]`` buffer; then two cuBLAS GEMMs: ``dW[chunk] = dz.T @ hidden`` (one GEMM over all N rows, fp32
+accumulation inside the GEMM, written once -- no cross-chunk accumulation of dW is needed) and
+``dH += dz @ W[chunk]`` into an fp32 ``[N, H]`` accumulator (skipped when there is one chunk). Row blocks
+whose rows are all masked skip their GEMM and write zeros.
+
+Cost for a 7-step TTT unroll that reuses the same weight (N = 8192 rows per step, H = 4096, V = 32000, bf16):
+
+- gradient in forward keeps, per call and until backward, dH (N·H bf16 = 64 MiB) and dW (V·H: 500 MiB in
+  fp32, 250 MiB in bf16): 7 calls hold about 3.9 GiB (fp32 dW) or 2.1 GiB (bf16 dW), unless every call
+  accumulates into one shared dW buffer, which autograd does not give for free. FLOPs: 6·N·H·V (3 GEMMs).
+- recompute in backward (this module) keeps 3 fp32 per row per call: 7 x 96 KiB = 0.7 MiB until backward;
+  backward transients are one ``dz`` chunk (N·width bf16 = 64 MiB) + the fp32 dH accumulator (128 MiB) +
+  the dW being produced (250 MiB), released before the next call's backward. FLOPs: 8·N·H·V (one extra
+  GEMM: ``z`` is recomputed), i.e. about 1.33x the minimum. It also keeps a reference to the caller's
+  target tensor until backward (no copy), which the TTT unroll holds for the whole step anyway.
+
+The 2-4 GiB held across the unroll is about what one eager-reference call needs for its fp32 [N, V]
+temporaries (1 GiB each), i.e. it would eat most of the saving; recompute keeps the TTT footprint flat in
+the number of steps, and the extra GEMM is what it costs.
+
+Numerics: all softmax / exp / log math and all ``tl.dot`` accumulation in fp32; in the interpreter
+(``TRITON_INTERPRET=1``, CPU tests) every tile is upcast to fp32 right after ``tl.load`` because the
+interpreter's bf16 arithmetic is wrong. ``dz`` is rounded to the compute dtype once (after scaling by
+``grad_output``, so no host sync is needed; with fp16 inputs entries below fp16's range flush to zero, as
+with any fp16 gradient -- use a GradScaler). Row and column offsets are int64. fp32 inputs use TF32 in
+``tl.dot`` only when ``torch.backends.cuda.matmul.allow_tf32`` is set, like torch matmul.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Splits of the vocab in forward are a multiple of this many columns, so every split is non-empty and
+# every autotuned BLOCK_V tiles it without a ragged middle tile.
+_SPLIT_ALIGN = 128 if _INTERPRET else 256
+
+
+def _configs(pairs):
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_H": bh}, num_warps=w, num_stages=s)
+        for bn, bv, bh, w, s in pairs
+    ]
+
+
+if _INTERPRET:
+    # The interpreter runs one config (multi-config autotune needs a GPU driver); ~10-20 ms per program.
+    _FWD_CONFIGS = _configs([(32, 128, 64, 4, 1)])
+    _BWD_CONFIGS = _FWD_CONFIGS
+else:
+    _FWD_CONFIGS = _configs(
+        [
+            (128, 128, 64, 8, 3),
+            (128, 256, 64, 8, 3),
+            (64, 256, 64, 8, 3),
+            (128, 128, 32, 4, 4),
+            (64, 128, 64, 4, 4),
+        ]
+    )
+    _BWD_CONFIGS = _configs(
+        [
+            (128, 128, 64, 8, 3),
+            (128, 256, 64, 8, 3),
+            (256, 128, 64, 8, 3),
+            (64, 128, 64, 4, 4),
+            (128, 128, 32, 4, 4),
+        ]
+    )
+
+
+@triton.jit
+def _z_tile(
+    h_ptr, w_ptr, rows, row_ok, cols, col_ok, H,
+    stride_hn, stride_hk, stride_wv, stride_wk,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """fp32 tile ``hidden[rows] @ weight[cols].T``; masked rows/columns contribute zeros."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_H)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + offs_k
+        k_ok = ks < H
+        a = tl.load(
+            h_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
+            mask=row_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        b = tl.load(
+            w_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
+            mask=col_ok[None, :] & k_ok[:, None],
+            other=0.0,
+        )
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(
+    h_ptr, w_ptr, t_ptr, stats_ptr, idx_ptr,
+    N, H, V, split_width, N_BUCKET,
+    stride_hn, stride_hk, stride_wv, stride_wk, stride_tn, stride_tv,
+    TARGET_LOGITS: tl.constexpr, KL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Per-(row, split) online statistics; see ``forward`` for the layout of ``stats`` and ``idx``."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    v_start = pid_s * split_width
+    v_end = tl.minimum(v_start + split_width, V)
+    neg_inf = float("-inf")
+
+    m = tl.full((BLOCK_N,), neg_inf, tl.float32)  # running max of z
+    s = tl.zeros((BLOCK_N,), tl.float32)  # Σ exp(z - m)
+    z_arg = tl.zeros((BLOCK_N,), tl.int32)
+    t_max = tl.full((BLOCK_N,), neg_inf, tl.float32)  # running max of p (probs) or of t (logits)
+    t_arg = tl.zeros((BLOCK_N,), tl.int32)
+    acc1 = tl.zeros((BLOCK_N,), tl.float32)  # probs: Σp      logits: Σe, e = exp(t - t_max)
+    acc2 = tl.zeros((BLOCK_N,), tl.float32)  # probs: Σp·z    logits: Σe·z
+    acc3 = tl.zeros((BLOCK_N,), tl.float32)  # probs: Σp·logp logits: Σe·t   (KL only)
+
+    for v0 in range(v_start, v_end, BLOCK_V):
+        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        col_ok = cols < v_end
+        acc = _z_tile(
+            h_ptr, w_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv, stride_wk,
+            UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        )
+        z = tl.where(col_ok[None, :], acc, neg_inf)
+        tile_max = tl.max(z, 1)
+        tile_arg = tl.argmax(z, 1, tie_break_left=True)
+        # strict '>' keeps the earlier (lower-index) tile on ties, like torch.argmax
+        z_arg = tl.where(tile_max > m, v0 + tile_arg, z_arg)
+        m_new = tl.maximum(m, tile_max)
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+        m = m_new
+        z0 = tl.where(col_ok[None, :], acc, 0.0)
+
+        tv = tl.load(
+            t_ptr + rows[:, None] * stride_tn + cols[None, :] * stride_tv,
+            mask=row_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        tv_max = tl.where(col_ok[None, :], tv, neg_inf)
+        tile_tmax = tl.max(tv_max, 1)
+        tile_targ = tl.argmax(tv_max, 1, tie_break_left=True)
+        t_arg = tl.where(tile_tmax > t_max, v0 + tile_targ, t_arg)
+        if TARGET_LOGITS:
+            mt_new = tl.maximum(t_max, tile_tmax)
+            # a row whose logits so far are all -inf has nothing to rescale yet
+            mt_safe = tl.where(mt_new == neg_inf, 0.0, mt_new)
+            alpha = tl.exp(t_max - mt_safe)
+            e = tl.exp(tv_max - mt_safe[:, None])
+            acc1 = acc1 * alpha + tl.sum(e, 1)
+            acc2 = acc2 * alpha + tl.sum(e * z0, 1)
+            if KL:
+                acc3 = acc3 * alpha + tl.sum(e * tl.where(e > 0.0, tv, 0.0), 1)
+            t_max = mt_new
+        else:
+            t_max = tl.maximum(t_max, tile_tmax)
+            acc1 += tl.sum(tv, 1)
+            acc2 += tl.sum(tv * z0, 1)
+            if KL:
+                # 0·log 0 = 0
+                acc3 += tl.sum(tv * tl.log(tl.where(tv > 0.0, tv, 1.0)), 1)
+
+    plane = tl.num_programs(1).to(tl.int64) * N
+    base = pid_s.to(tl.int64) * N + rows
+    tl.store(stats_ptr + base, m, mask=row_ok)
+    tl.store(stats_ptr + plane + base, s, mask=row_ok)
+    tl.store(stats_ptr + 2 * plane + base, t_max, mask=row_ok)
+    tl.store(stats_ptr + 3 * plane + base, acc1, mask=row_ok)
+    tl.store(stats_ptr + 4 * plane + base, acc2, mask=row_ok)
+    tl.store(stats_ptr + 5 * plane + base, acc3, mask=row_ok)
+    tl.store(idx_ptr + base, z_arg, mask=row_ok)
+    tl.store(idx_ptr + plane + base, t_arg, mask=row_ok)
+
+
+@triton.jit
+def _bwd_kernel(
+    h_ptr, w_ptr, t_ptr, lse_ptr, psum_ptr, tlse_ptr, keep_ptr, g_ptr, dz_ptr,
+    N, H, col0, width, N_BUCKET,
+    stride_hn, stride_hk, stride_wv, stride_wk, stride_tn, stride_tv,
+    TARGET_LOGITS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """``dz[:, j] = g·keep·(Σp·exp(z[:, col0 + j] - lse) - p)`` for ``j < width``, into a contiguous [N, width]."""
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    local = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_ok = local < width
+    cols = col0 + local
+    out_ptrs = dz_ptr + rows[:, None] * width + local[None, :]
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    keep = tl.load(keep_ptr + rows, mask=row_ok, other=0.0)
+    if tl.max(keep, 0) == 0.0:
+        tl.store(out_ptrs, tl.zeros((BLOCK_N, BLOCK_V), tl.float32).to(dz_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        acc = _z_tile(
+            h_ptr, w_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv, stride_wk,
+            UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        )
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        psum = tl.load(psum_ptr + rows, mask=row_ok, other=0.0)
+        g = tl.load(g_ptr).to(tl.float32)
+        q = tl.exp(acc - lse[:, None])
+        tv = tl.load(
+            t_ptr + rows[:, None] * stride_tn + cols[None, :] * stride_tv, mask=out_mask, other=0.0
+        ).to(tl.float32)
+        if TARGET_LOGITS:
+            tlse = tl.load(tlse_ptr + rows, mask=row_ok, other=0.0)
+            p = tl.exp(tv - tlse[:, None])
+        else:
+            p = tv
+        # where, not a multiply, so that non-finite values in masked-out rows cannot leak
+        dz = tl.where(keep[:, None] > 0.0, (psum[:, None] * q - p) * g, 0.0)
+        tl.store(out_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=out_mask)
+
+
+_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["H", "V", "N_BUCKET"])(_fwd_kernel)
+_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["H", "N_BUCKET"])(_bwd_kernel)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: only fp32 operands read it (tf32 exactly when torch matmul would)."""
+    if dtype != torch.float32 or (not _INTERPRET and torch.backends.cuda.matmul.allow_tf32):
+        return "tf32"
+    return "ieee"
+
+
+def _n_bucket(n: int) -> int:
+    # autotune key: a new config search per power of two of N, not per distinct N
+    return triton.next_power_of_2(max(n, 1))
+
+
+def _num_splits(n: int, v: int, device: torch.device) -> int:
+    """Vocab splits so that the forward grid has about two programs per SM (a handful when interpreting)."""
+    target = 4 if _INTERPRET or device.type != "cuda" else 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    row_blocks = _cdiv(n, 64)
+    return max(1, min(_cdiv(target, row_blocks), _cdiv(v, _SPLIT_ALIGN)))
+
+
+class ForwardResult(NamedTuple):
+    """Per-row outputs of ``forward``; ``target_lse`` is None for probability targets."""
+
+    row_loss: torch.Tensor  # fp32 [N], all rows (masking is the caller's)
+    lse: torch.Tensor  # fp32 [N], logsumexp(z)
+    psum: torch.Tensor  # fp32 [N], Σp (ones for logit targets)
+    target_lse: torch.Tensor | None  # fp32 [N], logsumexp(target_logits)
+    draft_argmax: torch.Tensor  # int64 [N]
+    target_argmax: torch.Tensor  # int64 [N]
+
+
+def _first_max_index(values: torch.Tensor, idx: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Index from the first split (lowest vocab range) whose maximum equals ``best``; [S, N] -> int64 [N]."""
+    first = (values == best).to(torch.int32).argmax(0)
+    return idx.gather(0, first.unsqueeze(0)).squeeze(0).to(torch.int64)
+
+
+def forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, is_logits: bool, kl: bool) -> ForwardResult:
+    """Row losses, softmax statistics and argmaxes without materialising ``z``.
+
+    hidden [N, H] and weight [V, H] share one dtype (fp32/fp16/bf16); target [N, V] any float dtype with any
+    strides (probabilities, or logits when ``is_logits``). Inputs are trusted (validated by the caller).
+    """
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    if n == 0:
+        empty_f = torch.zeros(0, dtype=torch.float32, device=dev)
+        empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
+        return ForwardResult(empty_f, empty_f, empty_f, empty_f if is_logits else None, empty_i, empty_i)
+    splits = _num_splits(n, v, dev)
+    split_width = _cdiv(_cdiv(v, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
+    splits = _cdiv(v, split_width)
+    # stats planes: m, s, t_max, acc1, acc2, acc3 (see the kernel); idx planes: z argmax, target argmax
+    stats = torch.empty(6, splits, n, dtype=torch.float32, device=dev)
+    idx = torch.empty(2, splits, n, dtype=torch.int32, device=dev)
+    grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+    _fwd[grid](
+        hidden, weight, target, stats, idx,
+        n, h, v, split_width, _n_bucket(n),
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), target.stride(0), target.stride(1),
+        TARGET_LOGITS=is_logits, KL=kl, UPCAST=_INTERPRET, DOT_PRECISION=_dot_precision(hidden.dtype),
+    )
+    m, s, t_max, acc1, acc2, acc3 = stats.unbind(0)
+    m_all = m.amax(0)
+    lse = m_all + torch.log((s * torch.exp(m - m_all)).sum(0))
+    draft_argmax = _first_max_index(m, idx[0], m_all)
+    t_all = t_max.amax(0)
+    target_argmax = _first_max_index(t_max, idx[1], t_all)
+    if is_logits:
+        w = torch.exp(t_max - t_all)
+        e_sum = (acc1 * w).sum(0)
+        target_lse = t_all + torch.log(e_sum)
+        row_loss = lse - (acc2 * w).sum(0) / e_sum
+        if kl:
+            # Σ p·log p = E_p[t] - lse_t
+            row_loss = row_loss + (acc3 * w).sum(0) / e_sum - target_lse
+        psum = torch.ones_like(lse)
+    else:
+        target_lse = None
+        psum = acc1.sum(0)
+        row_loss = psum * lse - acc2.sum(0)
+        if kl:
+            row_loss = row_loss + acc3.sum(0)
+    return ForwardResult(row_loss, lse, psum, target_lse, draft_argmax, target_argmax)
+
+
+@functools.cache
+def _mm_fp32_out_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` works here (CUDA, torch >= 2.8)."""
+    if device_type != "cuda":
+        return False
+    try:
+        a = torch.ones(16, 16, dtype=dtype, device=device_type)
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with fp32 ``acc``; the product is formed in fp32 where torch allows it."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    elif _mm_fp32_out_supported(a.device.type, a.dtype):
+        acc.add_(torch.mm(a, b, out_dtype=torch.float32))
+    else:
+        acc.add_(torch.mm(a, b))
+
+
+def backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    fwd: ForwardResult,
+    grad_output: torch.Tensor,
+    *,
+    is_logits: bool,
+    need_dh: bool,
+    need_dw: bool,
+    width: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients ``(dH [N, H], dW [V, H])`` in the input dtype, recomputing ``z`` chunk by chunk.
+
+    keep: bool [N] (rows that count); grad_output: 0-dim (any float dtype, on the device, read by the kernel
+    so no host sync happens); width: vocab columns per chunk (None: H rounded up to 256).
+    """
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    if n == 0 or not (need_dh or need_dw):
+        return (
+            torch.zeros(n, h, dtype=hidden.dtype, device=dev) if need_dh else None,
+            torch.zeros(v, h, dtype=weight.dtype, device=dev) if need_dw else None,
+        )
+    # contiguous outputs (whatever the input strides), every element written below
+    dh = torch.empty(n, h, dtype=hidden.dtype, device=dev) if need_dh else None
+    dw = torch.empty(v, h, dtype=weight.dtype, device=dev) if need_dw else None
+    width = min(v, width if width is not None else _cdiv(h, 256) * 256)
+    n_chunks = _cdiv(v, width)
+    keep_f = keep.to(torch.float32)
+    g = grad_output.detach().to(device=dev, dtype=torch.float32).reshape(1)
+    tlse = fwd.target_lse if is_logits else fwd.lse  # unused by the kernel for probability targets
+    dz_flat = torch.empty(n * width, dtype=hidden.dtype, device=dev)
+    dh_acc = torch.zeros(n, h, dtype=torch.float32, device=dev) if need_dh and n_chunks > 1 else None
+    for col0 in range(0, v, width):
+        cw = min(width, v - col0)
+        dz = dz_flat[: n * cw].view(n, cw)
+        grid = lambda meta, cw=cw: (_cdiv(n, meta["BLOCK_N"]), _cdiv(cw, meta["BLOCK_V"]))  # noqa: E731
+        _bwd[grid](
+            hidden, weight, target, fwd.lse, fwd.psum, tlse, keep_f, g, dz,
+            n, h, col0, cw, _n_bucket(n),
+            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), target.stride(0), target.stride(1),
+            TARGET_LOGITS=is_logits, UPCAST=_INTERPRET, DOT_PRECISION=_dot_precision(hidden.dtype),
+        )
+        w_chunk = weight[col0 : col0 + cw]
+        if need_dw:
+            torch.mm(dz.t(), hidden, out=dw[col0 : col0 + cw])
+        if need_dh:
+            if dh_acc is None:
+                torch.mm(dz, w_chunk, out=dh)
+            else:
+                _accumulate_mm(dh_acc, dz, w_chunk)
+    if dh_acc is not None:
+        dh.copy_(dh_acc)
+    return dh, dw

@@ -1,0 +1,328 @@
+"""fused_linear_kl: Triton (interpreted on CPU) and chunked paths against the plain-torch reference.
+
+Shapes are small and deliberately not tile multiples (interpreter tiles: BLOCK_N=32, BLOCK_V=128,
+BLOCK_H=64), so every masked edge of the kernels runs; N=37 / Vd=300 also gives several vocab splits in
+forward and several vocab chunks in backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eagle_ext.ops.fused_linear_kl import FusedLinearKLResult, fused_linear_kl, fused_linear_kl_reference
+
+FUSED_IMPLS = ["chunked", "triton"]
+TOL = {torch.float32: dict(atol=1e-5, rtol=5e-4), torch.float16: dict(atol=2e-3, rtol=2e-3)}
+GRAD_SCALE = 3.0
+
+
+def make_case(kind: str, *, n=37, h=40, v=300, dtype=torch.float32, logits=False, seed=0):
+    """(hidden, weight, mask, target kwargs) for one scenario; all tensors CPU."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g)
+    weight = torch.randn(v, h, generator=g) * 0.3
+    mask = torch.rand(n, generator=g) > 0.3
+    t = torch.randn(n, v, generator=g) * 2.0
+    if kind == "all_masked":
+        mask = torch.zeros(n, dtype=torch.bool)
+    elif kind == "block_masked":  # first row block of the kernels entirely masked, the rest mixed
+        mask[: min(32, n)] = False
+    if logits:
+        if kind == "zeros":  # -inf logits give exact zeros in p (never a whole row)
+            t = t.masked_fill(torch.rand(n, v, generator=g) < 0.5, float("-inf"))
+            t[:, 0] = 1.0
+        elif kind == "one_hot":  # nearly one-hot target
+            t = torch.full((n, v), -30.0)
+            t[torch.arange(n), torch.randint(v, (n,), generator=g)] = 30.0
+        target = dict(target_logits=t)
+    else:
+        p = torch.softmax(t, -1)
+        if kind == "zeros":
+            p = p.masked_fill(torch.rand(n, v, generator=g) < 0.5, 0.0)
+            p[:, 0] += 0.1
+            p = p / p.sum(-1, keepdim=True)
+        elif kind == "one_hot":
+            p = torch.nn.functional.one_hot(torch.randint(v, (n,), generator=g), v).float()
+        elif kind == "unnormalised":  # row masses in [0, 2], some rows with mass 0
+            p = p * (torch.rand(n, 1, generator=g) * 2.0)
+            p[::5] = 0.0
+        target = dict(target_probs=p)
+    return hidden.to(dtype), weight.to(dtype), mask, target
+
+
+def run(impl, hidden, weight, mask, target, *, mode, scale=GRAD_SCALE, **kwargs):
+    """Forward + backward of ``scale * loss``; returns (result, dH, dW)."""
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    res = fused_linear_kl(h, w, mask, mode=mode, impl=impl, **target, **kwargs)
+    (res.loss * scale).backward()
+    return res, h.grad, w.grad
+
+
+def assert_matches_reference(impl, hidden, weight, mask, target, *, mode, **kwargs):
+    ref, ref_dh, ref_dw = run("reference", hidden, weight, mask, target, mode=mode)
+    res, dh, dw = run(impl, hidden, weight, mask, target, mode=mode, **kwargs)
+    tol = TOL[hidden.dtype]
+    assert isinstance(res, FusedLinearKLResult)
+    assert res.loss.dtype == torch.float32 and res.loss.dim() == 0
+    torch.testing.assert_close(res.loss, ref.loss, **tol)
+    assert dh.dtype == hidden.dtype and dw.dtype == weight.dtype
+    torch.testing.assert_close(dh.float(), ref_dh.float(), **tol)
+    torch.testing.assert_close(dw.float(), ref_dw.float(), **tol)
+    assert res.draft_argmax.dtype == torch.int64 and res.target_argmax.dtype == torch.int64
+    assert torch.equal(res.draft_argmax, ref.draft_argmax)
+    assert torch.equal(res.target_argmax, ref.target_argmax)
+    assert torch.isfinite(dh).all() and torch.isfinite(dw).all()
+    return res, dh, dw
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("mode", ["soft_ce", "kl"])
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+@pytest.mark.parametrize("kind", ["random", "block_masked", "zeros", "one_hot"])
+def test_matches_reference(impl, mode, logits, kind):
+    hidden, weight, mask, target = make_case(kind, logits=logits)
+    assert_matches_reference(impl, hidden, weight, mask, target, mode=mode)
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("mode", ["soft_ce", "kl"])
+def test_unnormalised_targets(impl, mode):
+    hidden, weight, mask, target = make_case("unnormalised")
+    assert_matches_reference(impl, hidden, weight, mask, target, mode=mode)
+    # the gradient is Σp·softmax(z) - p, not softmax(z) - p: check one row by hand
+    p = target["target_probs"]
+    row = int(torch.nonzero(mask & (p.sum(-1) > 0))[0])
+    h = hidden.clone().requires_grad_()
+    fused_linear_kl(h, weight, torch.arange(37) == row, target_probs=p, mode=mode, impl=impl).loss.backward()
+    z = hidden[row] @ weight.t()
+    expected = (p[row].sum() * torch.softmax(z, -1) - p[row]) @ weight
+    torch.testing.assert_close(h.grad[row], expected, atol=1e-5, rtol=5e-4)
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_all_masked_gives_zero_loss_and_grads(impl, logits):
+    hidden, weight, mask, target = make_case("all_masked", logits=logits)
+    res, dh, dw = assert_matches_reference(impl, hidden, weight, mask, target, mode="kl")
+    assert res.loss.item() == 0.0
+    assert not dh.any() and not dw.any()
+
+
+@pytest.mark.parametrize("impl", ["reference", *FUSED_IMPLS])
+def test_empty_input(impl):
+    hidden, weight = torch.zeros(0, 40), torch.randn(300, 40)
+    target = dict(target_probs=torch.zeros(0, 300))
+    res, dh, dw = run(impl, hidden, weight, torch.zeros(0, dtype=torch.bool), target, mode="soft_ce")
+    assert res.loss.item() == 0.0 and res.loss.dtype == torch.float32
+    assert res.draft_argmax.shape == (0,) and res.target_argmax.shape == (0,)
+    assert dh.shape == (0, 40) and not dw.any() and torch.isfinite(dw).all()
+
+
+@pytest.mark.parametrize("impl", ["reference", *FUSED_IMPLS])
+@pytest.mark.parametrize("mode", ["soft_ce", "kl"])
+def test_oracle_two_by_two(impl, mode):
+    # z = hidden @ weight.T = [[2, 0], [0, 2]]; one-hot targets; only row 0 counts
+    hidden, weight = 2.0 * torch.eye(2), torch.eye(2)
+    target = torch.eye(2)
+    res = fused_linear_kl(hidden, weight, torch.tensor([1, 0]), target_probs=target, mode=mode, impl=impl)
+    expected = math.log1p(math.exp(-2.0))  # -log_softmax([2, 0])[0]
+    assert abs(res.loss.item() - expected) < 1e-6
+    assert abs(expected - 0.1269) < 1e-4
+    assert res.draft_argmax.tolist() == [0, 1] and res.target_argmax.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+@pytest.mark.parametrize("n", [37, 256], ids=["3_splits", "1_split"])
+def test_argmax_ties_take_lowest_index(impl, logits, n):
+    # columns 5 and 200 (and 7 and 250) tie exactly and lie in different vocab tiles; with 37 rows the
+    # Triton forward puts them in different vocab splits, with 256 rows in different tiles of one split
+    h, v = 40, 300
+    hidden = torch.rand(n, h) + 0.5
+    weight = torch.randn(v, h) * 0.05
+    weight[5] = weight[200] = torch.ones(h)
+    t = torch.randn(n, v) * 0.1
+    t[:, 7] = t[:, 250] = 10.0
+    target = dict(target_logits=t) if logits else dict(target_probs=torch.softmax(t, -1))
+    res = fused_linear_kl(hidden, weight, torch.ones(n, dtype=torch.bool), **target, impl=impl)
+    assert (res.draft_argmax == 5).all()
+    assert (res.target_argmax == 7).all()
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_grad_output_scaling(impl):
+    hidden, weight, mask, target = make_case("random")
+    _, dh1, dw1 = run(impl, hidden, weight, mask, target, mode="kl", scale=1.0)
+    _, dh3, dw3 = run(impl, hidden, weight, mask, target, mode="kl", scale=-2.5)
+    torch.testing.assert_close(dh3, -2.5 * dh1, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dw3, -2.5 * dw1, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("impl", "chunk_size"), [("chunked", 1), ("chunked", 16), ("triton", 128), ("triton", 512)]
+)
+def test_chunk_sizes(impl, chunk_size):
+    # chunked: rows per chunk (1 / 16 of 37 rows); triton: vocab columns per backward chunk (3 chunks / 1)
+    hidden, weight, mask, target = make_case("random", logits=True)
+    assert_matches_reference(impl, hidden, weight, mask, target, mode="kl", chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_larger_tail_shape(impl):
+    hidden, weight, mask, target = make_case("random", n=64, h=96, v=300, seed=3)
+    assert_matches_reference(impl, hidden, weight, mask, target, mode="soft_ce")
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_fp16(impl, logits):
+    hidden, weight, mask, target = make_case("random", dtype=torch.float16, logits=logits)
+    if logits:
+        target = dict(target_logits=target["target_logits"].half())
+    assert_matches_reference(impl, hidden, weight, mask, target, mode="kl")
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_strided_inputs(impl):
+    hidden, weight, mask, target = make_case("random", logits=True)
+    ref, ref_dh, ref_dw = run("reference", hidden, weight, mask, target, mode="kl")
+    wide_h = torch.cat([hidden, torch.randn(37, 9)], 1)[:, :40].requires_grad_()  # row stride 49
+    wide_t = torch.cat([target["target_logits"], torch.randn(37, 5)], 1)[:, :300]
+    weight_t = weight.t().contiguous().t().requires_grad_()  # column-major [V, H]
+    assert not wide_h.is_contiguous() and not wide_t.is_contiguous() and not weight_t.is_contiguous()
+    res = fused_linear_kl(wide_h, weight_t, mask, target_logits=wide_t, mode="kl", impl=impl)
+    (res.loss * GRAD_SCALE).backward()
+    torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
+    torch.testing.assert_close(wide_h.grad, ref_dh, atol=1e-5, rtol=5e-4)
+    torch.testing.assert_close(weight_t.grad, ref_dw, atol=1e-5, rtol=5e-4)
+    assert torch.equal(res.draft_argmax, ref.draft_argmax)
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_partial_grads_no_grad_and_int_mask(impl):
+    hidden, weight, mask, target = make_case("random")
+    ref = fused_linear_kl_reference(hidden, weight, mask, **target)
+    h = hidden.clone().requires_grad_()
+    res = fused_linear_kl(h, weight, mask.long(), **target, impl=impl)  # 0/1 int mask, frozen weight
+    res.loss.backward()
+    torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
+    assert h.grad is not None and h.grad.abs().sum() > 0
+    with torch.no_grad():
+        res = fused_linear_kl(h, weight, mask, **target, impl=impl)
+    assert not res.loss.requires_grad
+    torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
+
+
+def test_mixed_dtypes_promote_and_return_input_dtypes():
+    hidden, weight, mask, target = make_case("random")
+    h = hidden.to(torch.bfloat16).requires_grad_()
+    w = weight.clone().requires_grad_()  # fp32 "master" weight
+    res = fused_linear_kl(h, w, mask, **target, impl="chunked")
+    res.loss.backward()
+    ref = fused_linear_kl_reference(h.detach(), weight, mask, **target)
+    torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
+    assert h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+
+
+def test_targets_get_no_gradient():
+    hidden, weight, mask, target = make_case("random")
+    p = target["target_probs"].clone().requires_grad_()
+    h = hidden.clone().requires_grad_()
+    for impl in ["reference", "chunked"]:
+        fused_linear_kl(h, weight, mask, target_probs=p, impl=impl).loss.backward()
+        assert p.grad is None
+
+
+def _bad_calls():
+    h, w, m, p = torch.randn(4, 8), torch.randn(10, 8), torch.ones(4, dtype=torch.bool), torch.rand(4, 10)
+    return [
+        (dict(hidden=h, weight=torch.randn(10, 7), mask=m, target_probs=p), ValueError, "weight must be 2-D"),
+        (dict(hidden=h[0], weight=w, mask=m, target_probs=p), ValueError, "hidden must be 2-D"),
+        (
+            dict(hidden=h, weight=w, mask=m, target_probs=torch.rand(4, 11)),
+            ValueError,
+            r"target_probs must have shape",
+        ),
+        (
+            dict(hidden=h, weight=w, mask=m, target_logits=torch.rand(3, 10)),
+            ValueError,
+            r"target_logits must have shape",
+        ),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, target_logits=p), ValueError, "got both"),
+        (dict(hidden=h, weight=w, mask=m), ValueError, "got neither"),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, mode="jsd"), ValueError, "mode must be one of"),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, impl="cuda"), ValueError, "impl must be one of"),
+        (dict(hidden=h, weight=w, mask=m[None], target_probs=p), ValueError, "mask must be 1-D"),
+        (
+            dict(hidden=h, weight=w, mask=m[:3], target_probs=p),
+            ValueError,
+            "mask must have length N = .* 4, got length 3",
+        ),
+        (dict(hidden=h, weight=w, mask=m.float(), target_probs=p), TypeError, "mask must be a bool"),
+        (dict(hidden=h.long(), weight=w, mask=m, target_probs=p), TypeError, "hidden must be float32"),
+        (
+            dict(hidden=h, weight=w, mask=m, target_probs=p, chunk_size=0),
+            ValueError,
+            "chunk_size must be >= 1",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), _bad_calls())
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_validation_errors(kwargs, exc, match, impl):
+    kwargs = {"impl": impl, **kwargs}
+    with pytest.raises(exc, match=match):
+        fused_linear_kl(kwargs.pop("hidden"), kwargs.pop("weight"), kwargs.pop("mask"), **kwargs)
+
+
+# --- GPU parity (bf16 needs real hardware: the interpreter's bf16 arithmetic is wrong) -------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["soft_ce", "kl"])
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_gpu_bf16_parity(mode, logits):
+    hidden, weight, mask, target = make_case(
+        "random", n=1000, h=520, v=4001, dtype=torch.bfloat16, logits=logits
+    )
+    dev = torch.device("cuda")
+    hidden, weight, mask = hidden.to(dev), weight.to(dev), mask.to(dev)
+    target = {k: t.to(dev, torch.bfloat16) for k, t in target.items()}
+    ref, ref_dh, ref_dw = run("reference", hidden, weight, mask, target, mode=mode)
+    for impl in FUSED_IMPLS:
+        res, dh, dw = run(impl, hidden, weight, mask, target, mode=mode)
+        torch.testing.assert_close(res.loss, ref.loss, atol=5e-3, rtol=1e-3)
+        torch.testing.assert_close(dh.float(), ref_dh.float(), atol=5e-3, rtol=5e-2)
+        torch.testing.assert_close(dw.float(), ref_dw.float(), atol=5e-3, rtol=5e-2)
+        assert (res.draft_argmax == ref.draft_argmax).float().mean() > 0.99  # near-ties may flip in bf16
+        assert torch.equal(res.target_argmax, ref.target_argmax)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_parity_and_ttt_reuse():
+    dev = torch.device("cuda")
+    hidden, weight, mask, target = make_case("unnormalised", n=777, h=300, v=5000)
+    hidden, weight, mask = hidden.to(dev), weight.to(dev), mask.to(dev)
+    target = {k: t.to(dev) for k, t in target.items()}
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        # 3 TTT-like steps reusing one weight: gradients accumulate across calls exactly like the reference
+        grads = {}
+        for impl in ["reference", "triton"]:
+            w = weight.clone().requires_grad_()
+            total = sum(
+                fused_linear_kl(hidden * (1 + k), w, mask, **target, impl=impl, mode="kl").loss
+                for k in range(3)
+            )
+            total.backward()
+            grads[impl] = (total.detach(), w.grad)
+        torch.testing.assert_close(grads["triton"][0], grads["reference"][0], atol=1e-4, rtol=5e-4)
+        torch.testing.assert_close(grads["triton"][1], grads["reference"][1], atol=1e-4, rtol=5e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
