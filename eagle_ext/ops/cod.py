@@ -11,6 +11,23 @@ from eagle_ext._ext import load_extension
 from eagle_ext.ops._checks import as_index_vector, check_int, check_ratio
 
 _U64 = 1 << 64
+_MASK64 = _U64 - 1
+_GAMMA = 0x9E3779B97F4A7C15
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 64-bit seed for the sub-stream ``keys`` of ``seed`` (e.g. ``(epoch, sample_index)``), so per-sample
+    COD draws are independent of which process or worker makes them and of the order they are made in."""
+    z = _mix64((seed + _GAMMA) & _MASK64)
+    for key in keys:
+        z = _mix64(((z ^ (key % _U64)) + _GAMMA) & _MASK64)
+    return z
 
 
 def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
