@@ -4,9 +4,11 @@ Every benchmark runs the fast path and its reference side by side in one run. Pe
 the extra memory a case needs beyond its inputs:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before the call;
-- CPU: each case runs in a fresh spawned process, and the growth of the resident set's high-water mark
-  (``ru_maxrss``) over the resident set measured after the inputs were built is reported. Freed
-  allocator caches make this an upper bound on the live tensors, which is what a user's RAM sees.
+- CPU: each case runs in a fresh spawned process; after its inputs are built the kernel's resident-set
+  high-water mark is reset (``/proc/self/clear_refs``) and its growth (``VmHWM`` in
+  ``/proc/self/status``) over the resident set at that moment is reported. ``ru_maxrss`` would not do:
+  it keeps the parent's size from the fork that started the child. Freed allocator caches make this an
+  upper bound on the live tensors, which is what a user's RAM sees.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,18 +60,27 @@ def _current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _maxrss_bytes() -> int:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb if sys.platform == "darwin" else kb * 1024
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _child(case: Callable[..., Callable[[], Any]], kwargs: dict, warmup: int, repeat: int, queue) -> None:
     try:
         torch.set_num_threads(kwargs.pop("_threads", torch.get_num_threads()))
         run = case(**kwargs)
+        _reset_peak_rss()
         base = _current_rss_bytes()
         seconds = time_fn(run, warmup=warmup, repeat=repeat)
-        queue.put({"seconds": seconds, "peak_bytes": max(0, _maxrss_bytes() - base)})
+        queue.put({"seconds": seconds, "peak_bytes": max(0, _peak_rss_bytes() - base)})
     except BaseException as exc:  # report, then let the parent raise
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 

@@ -34,12 +34,13 @@ def main() -> None:
         ours = generate_cod_sample_indices(L, mask, K, seed=1, max_anchors=cap)
         ref = cod_reference(L, mask, K, max_anchors=cap, seed=1)
         assert all(torch.equal(a, b) for a, b in zip(ours, ref)), "C++ and reference disagree"
-        t_ours = time_fn(lambda: generate_cod_sample_indices(L, mask, K, seed=1, max_anchors=cap), repeat=repeat)
-        t_ref = time_fn(lambda: cod_reference(L, mask, K, max_anchors=cap, seed=1), repeat=repeat)
+        t_ours = time_fn(lambda m=mask, c=cap: generate_cod_sample_indices(L, m, K, seed=1, max_anchors=c),
+                         repeat=repeat)
+        t_ref = time_fn(lambda m=mask, c=cap: cod_reference(L, m, K, max_anchors=c, seed=1), repeat=repeat)
         row = {"case": name, "elements": ours[0].numel(), "C++ ms": 1e3 * t_ours,
                "reference ms": 1e3 * t_ref, "speedup vs reference": t_ref / t_ours}
         if cap is None:
-            t_seed = time_fn(lambda: cod_seed_algorithm(L, mask, K), repeat=repeat)
+            t_seed = time_fn(lambda m=mask: cod_seed_algorithm(L, m, K), repeat=repeat)
             row["seed algorithm ms"] = 1e3 * t_seed
             row["speedup vs seed"] = t_seed / t_ours
         rows.append(row)

@@ -23,7 +23,7 @@ def _flat(docs):
 def _docs(lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
     docs = []
-    for i, n in enumerate(lengths):
+    for n in lengths:
         ids = torch.randint(1, 1000, (n,), generator=g).tolist()
         loss = torch.randint(0, 3, (n,), generator=g).tolist()  # values > 1 must be coerced to 1
         docs.append((ids, loss))

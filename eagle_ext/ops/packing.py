@@ -99,4 +99,4 @@ def fill_packed_rows(
     except RuntimeError as exc:
         raise ValueError(_check_message(exc)) from None
     keys = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining", "seq_lens", "num_docs")
-    return dict(zip(keys, out))
+    return dict(zip(keys, out, strict=True))
