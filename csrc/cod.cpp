@@ -31,18 +31,28 @@ inline uint64_t mix64(uint64_t z) {
 inline uint64_t stream_base(uint64_t seed, uint64_t stream) { return mix64(mix64(seed + kGamma) ^ (stream * kGamma)); }
 inline uint64_t position_key(uint64_t base, uint64_t p) { return mix64(base + (p + 1) * kGamma); }
 
-// Keep the k members of `pool` (sorted positions) with the smallest keys; return them sorted by position.
+// Keep the k members of `pool` (sorted positions) with the smallest (key, position); return them sorted by
+// position. The k-th smallest key is found with nth_element on the bare keys, then one ordered scan keeps
+// the keys below it and, among keys equal to it, the lowest positions: no pairs and no final sort.
 std::vector<int64_t> sample_sorted(const std::vector<int64_t>& pool, size_t k, uint64_t seed, uint64_t stream) {
   if (pool.size() <= k) return pool;
-  const uint64_t base = stream_base(seed, stream);
-  std::vector<std::pair<uint64_t, int64_t>> keyed;
-  keyed.reserve(pool.size());
-  for (int64_t p : pool) keyed.emplace_back(position_key(base, static_cast<uint64_t>(p)), p);
-  std::nth_element(keyed.begin(), keyed.begin() + k, keyed.end());
   std::vector<int64_t> out;
+  if (k == 0) return out;
+  const uint64_t base = stream_base(seed, stream);
+  std::vector<uint64_t> keys(pool.size());
+  for (size_t i = 0; i < pool.size(); ++i) keys[i] = position_key(base, static_cast<uint64_t>(pool[i]));
+  std::vector<uint64_t> scratch(keys);
+  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end());
+  const uint64_t threshold = scratch[k - 1];
+  size_t ties = k;  // how many keys equal to the threshold may be kept
+  for (size_t i = 0; i + 1 < k; ++i) ties -= scratch[i] < threshold ? 1 : 0;
   out.reserve(k);
-  for (size_t i = 0; i < k; ++i) out.push_back(keyed[i].second);
-  std::sort(out.begin(), out.end());
+  for (size_t i = 0; i < pool.size(); ++i) {
+    if (keys[i] < threshold || (keys[i] == threshold && ties > 0)) {
+      if (keys[i] == threshold) --ties;
+      out.push_back(pool[i]);
+    }
+  }
   return out;
 }
 
