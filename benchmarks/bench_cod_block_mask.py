@@ -26,22 +26,12 @@ import torch
 
 from benchmarks._common import fmt_bytes, measure, print_table, write_results
 from eagle_ext.ops.cod import generate_cod_sample_indices
-from eagle_ext.ops.cod_block_mask import build_cod_block_mask, cod_block_mask_reference
+from eagle_ext.ops.cod_block_mask import BLOCK_MASK_TENSORS, build_cod_block_mask, cod_block_mask_reference
 from eagle_ext.peagle.mask import cod_mask_mod, document_ids_from_lengths
 
 NUM_DEPTHS = 8
 ELEMENTS_PER_POSITION = 3.37  # COD total / L for a fully supervised row at K=8, r=0.7, r_min=0.2
 EAGER_BYTES_PER_PAIR = 12  # measured: bool mask + int64 intermediates of the vmapped mask_mod
-BLOCK_MASK_TENSORS = (
-    "kv_num_blocks",
-    "kv_indices",
-    "full_kv_num_blocks",
-    "full_kv_indices",
-    "q_num_blocks",
-    "q_indices",
-    "full_q_num_blocks",
-    "full_q_indices",
-)
 
 
 def cod_row(n_target: int, device: str):

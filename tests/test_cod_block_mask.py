@@ -7,19 +7,9 @@ from torch.nn.attention.flex_attention import _ordered_to_dense, flex_attention
 
 from eagle_ext.ops import build_cod_block_mask
 from eagle_ext.ops.cod import generate_cod_sample_indices
+from eagle_ext.ops.cod_block_mask import BLOCK_MASK_TENSORS as TENSORS
 from eagle_ext.ops.cod_block_mask import cod_block_mask_reference
 from eagle_ext.peagle.mask import cod_mask_mod, dense_cod_mask, document_ids_from_lengths
-
-TENSORS = (
-    "kv_num_blocks",
-    "kv_indices",
-    "full_kv_num_blocks",
-    "full_kv_indices",
-    "q_num_blocks",
-    "q_indices",
-    "full_q_num_blocks",
-    "full_q_indices",
-)
 
 
 def packed_cod_row(lengths, width, *, num_depths=8, supervised=0.8, seed=0, ratio=0.7, ratio_min=0.2):

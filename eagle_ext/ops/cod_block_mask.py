@@ -35,6 +35,17 @@ from eagle_ext.peagle.mask import check_cod_inputs, cod_mask_mod
 __all__ = ["build_cod_block_mask", "cod_block_mask_reference"]
 
 _BACKENDS = ("auto", "torch", "triton")
+# The eight index tensors of a BlockMask, kv side then q side (what the builder must reproduce exactly).
+BLOCK_MASK_TENSORS = (
+    "kv_num_blocks",
+    "kv_indices",
+    "full_kv_num_blocks",
+    "full_kv_indices",
+    "q_num_blocks",
+    "q_indices",
+    "full_q_num_blocks",
+    "full_q_indices",
+)
 
 
 def _check_block_size(block_size) -> int:
