@@ -40,7 +40,7 @@ demo: setup
 	$(PY) -m eagle_ext demo
 
 bench: setup
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+	@set -e; for b in benchmarks/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; $(PY) -m benchmarks.$$m; done
 
 lint: setup
 	$(PY) -m pip install --quiet ruff

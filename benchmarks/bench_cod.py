@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._common import print_table, time_fn, write_results  # noqa: E402
-from eagle_ext.ops.cod import generate_cod_sample_indices  # noqa: E402
-from tests.reference.cod import cod_reference, cod_seed_algorithm  # noqa: E402
+from benchmarks._common import print_table, time_fn, write_results
+from eagle_ext.ops.cod import generate_cod_sample_indices
+from tests.reference.cod import cod_reference, cod_seed_algorithm
 
 
 def main() -> None:

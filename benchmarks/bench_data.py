@@ -15,7 +15,7 @@ Tokenisation, samples/s (single process unless noted):
 
 Packing: rows and padding fraction of greedy (reference layout) vs best-fit decreasing at several widths.
 
-Usage: ``python benchmarks/bench_data.py [--quick] [--rows N]``.
+Usage: ``python -m benchmarks.bench_data [--quick] [--rows N]``.
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ import argparse
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._common import print_table, write_results  # noqa: E402
-from eagle_ext.data.chat import ChatTokenizer, normalize_chat_row  # noqa: E402
-from eagle_ext.data.tokenization import tokenize_chat_dataset  # noqa: E402
-from eagle_ext.ops.packing import pack_documents  # noqa: E402
+from benchmarks._common import print_table, write_results
+from eagle_ext.data.chat import ChatTokenizer, normalize_chat_row
+from eagle_ext.data.tokenization import tokenize_chat_dataset
+from eagle_ext.ops.packing import pack_documents
 
 CHATML = (
     "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"

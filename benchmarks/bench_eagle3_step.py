@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._common import fmt_bytes, measure, print_table, write_results  # noqa: E402
+from benchmarks._common import fmt_bytes, measure, print_table, write_results
 
 BASELINE = ("eager", "reference")
 

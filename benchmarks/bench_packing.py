@@ -7,17 +7,13 @@ padding than greedy on a realistic length mix (log-normal, median ~600 tokens, W
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._common import print_table, time_fn, write_results  # noqa: E402
-from eagle_ext.demo.corpus import lognormal_lengths  # noqa: E402
-from eagle_ext.ops.packing import fill_packed_rows, pack_documents  # noqa: E402
-from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows  # noqa: E402
+from benchmarks._common import print_table, time_fn, write_results
+from eagle_ext.demo.corpus import lognormal_lengths
+from eagle_ext.ops.packing import fill_packed_rows, pack_documents
+from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows
 
 
 def padding_fraction(lengths: torch.Tensor, num_rows: int, width: int) -> float:

@@ -9,14 +9,10 @@ has no CPU backward); on CUDA the step uses FlexAttention with the direct BlockM
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._common import fmt_bytes, measure, print_table, write_results  # noqa: E402
+from benchmarks._common import fmt_bytes, measure, print_table, write_results
 
 
 def step_case(seq_length: int, batch: int, hidden: int, layers: int, vocab: int, draft_vocab: int,
