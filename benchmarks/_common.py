@@ -13,17 +13,17 @@ the extra memory a case needs beyond its inputs:
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from eagle_ext._io import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -158,10 +158,6 @@ def write_results(name: str, payload: dict[str, Any], device: str | torch.device
         **payload,
     }
     path = os.path.join(RESULTS_DIR, f"{name}_{device.type}.json")
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, record, indent=2, sort_keys=True)
     print(f"wrote {path}", flush=True)
     return path

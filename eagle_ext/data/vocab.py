@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import torch
 
+from eagle_ext._io import atomic_path, write_json
 from eagle_ext.data.fingerprint import digest
 
 logger = logging.getLogger(__name__)
@@ -309,23 +309,13 @@ def save_eagle3_token_mapping(
         "fingerprint": fingerprint or "",
         "coverage": "" if coverage is None else repr(float(coverage)),
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        if _is_json_path(path):
-            with os.fdopen(fd, "w") as f:
-                json.dump({**meta, "selected_token_ids": ids.tolist()}, f)
-        else:
-            os.close(fd)
-            from safetensors.torch import save_file
+    if _is_json_path(path):
+        write_json(path, {**meta, "selected_token_ids": ids.tolist()})
+        return
+    from safetensors.torch import save_file
 
-            save_file({"selected_token_ids": ids.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({"selected_token_ids": ids.contiguous()}, tmp, metadata=meta)
 
 
 def _validated_ids(ids, target_vocab_size: int) -> torch.Tensor | None:
