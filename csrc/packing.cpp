@@ -24,24 +24,28 @@ void check_1d_int64(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
-void check_length(const int64_t* len, int64_t i) {
-  TORCH_CHECK(len[i] >= 0, "lengths must be >= 0, got lengths[", i, "] = ", len[i]);
+// Throw naming the first negative length, if any. A separate (vectorisable) pass keeps the packing loops
+// free of calls.
+void check_lengths(const int64_t* len, int64_t n) {
+  int64_t smallest = 0;
+  for (int64_t i = 0; i < n; ++i) smallest = std::min(smallest, len[i]);
+  if (smallest >= 0) return;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(len[i] >= 0, "lengths must be >= 0, got lengths[", i, "] = ", len[i]);
+  }
 }
 
-int64_t pack_greedy(const int64_t* len, int64_t n, int64_t capacity, int64_t* row) {
+int64_t pack_greedy(const int64_t* __restrict__ len, int64_t n, int64_t capacity, int64_t* __restrict__ row) {
+  // Branch-free next-fit: whether a document opens a new row is data dependent and unpredictable, so the
+  // state update uses selects instead of jumps.
   int64_t num_rows = 0;
   int64_t used = 0;  // tokens in the open row; 0 means no open row
   for (int64_t i = 0; i < n; ++i) {
-    if (len[i] < 0) check_length(len, i);
-    const int64_t l = std::min(len[i], capacity);
-    if (l == 0) {
-      row[i] = -1;
-      continue;
-    }
-    if (used > 0 && used + l > capacity) used = 0;  // flush
-    if (used == 0) ++num_rows;
-    row[i] = num_rows - 1;
-    used += l;
+    const int64_t l = len[i] < capacity ? len[i] : capacity;
+    const bool opens = (l > 0) & ((used == 0) | (used + l > capacity));
+    num_rows += opens;
+    used = opens ? l : used + l;
+    row[i] = l > 0 ? num_rows - 1 : -1;
   }
   return num_rows;
 }
@@ -50,7 +54,6 @@ int64_t pack_best_fit(const int64_t* len, int64_t n, int64_t capacity, int64_t* 
   std::vector<int64_t> order;
   order.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    if (len[i] < 0) check_length(len, i);
     if (len[i] > 0) {
       order.push_back(i);
     } else {
@@ -91,6 +94,7 @@ std::tuple<torch::Tensor, int64_t> pack_documents(const torch::Tensor& lengths, 
   auto len = lengths.contiguous();
   const int64_t n = len.numel();
   const int64_t* lp = len.data_ptr<int64_t>();
+  check_lengths(lp, n);
   auto row = torch::empty({n}, torch::kInt64);
   int64_t* rp = row.data_ptr<int64_t>();
   int64_t num_rows;
