@@ -35,14 +35,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+def _init_gloo(rank: int, world: int, port: int) -> None:
     dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=30),
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=30)
     )
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    _init_gloo(rank, world, port)
     try:
         # each rank names its own node-local cache file; only rank 0's is ever read or written
         cache = os.path.join(tmp, f"node{rank}", "map.safetensors")
@@ -77,13 +77,7 @@ def _loader_worker(rank: int, world: int, port: int, tmp: str) -> None:
     from eagle_ext.data.loader import build_eagle3_dataloader
     from tests.test_data_helpers import build_tokenizer
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=30),
-    )
+    _init_gloo(rank, world, port)
     try:
         tok = build_tokenizer("llama3")
         rows = [
