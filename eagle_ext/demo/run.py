@@ -6,47 +6,39 @@ In the order it runs (every step seeded: two runs with the same thread count pri
 2. a word-level tokenizer with a ChatML template (:mod:`eagle_ext.demo.tokenizer`);
 3. a tiny Llama target pre-trained on packed rows of the corpus, cached in the output directory
    (:mod:`eagle_ext.demo.target`);
-4. EAGLE-3: ``build_eagle3_dataloader`` (packed best-fit rows), the draft vocabulary, target capture, a
-   one-layer draft trained with ``ttt_steps`` TTT steps; loss, accuracy and tau_sim logged per window;
-5. P-EAGLE: a two-layer parallel-drafting draft trained on padded rows with COD and exact sequence
-   partitions (P-EAGLE rows are single documents, so it reads the padded layout);
-6. ``metrics.jsonl``, ``curves.png``, both drafts (safetensors + ``config.json``), ``summary.json`` and a
-   summary table of held-out metrics before and after training.
+4. EAGLE-3: the training recipe (``eagle-ext train`` on ``eagle_ext/configs/tiny_cpu_eagle3.yaml``, sized by
+   :class:`DemoConfig`): packed best-fit rows, the draft vocabulary, target capture, a one-layer draft trained
+   with ``ttt_steps`` TTT steps, held-out eval before and after, a checkpoint;
+5. P-EAGLE: the same recipe on ``tiny_cpu_peagle.yaml``: a two-layer parallel-drafting draft trained on padded
+   rows with COD and exact sequence partitions;
+6. ``curves.png`` of both runs, ``summary.json`` and a table of held-out metrics before and after training.
 
-Output directory layout: ``data/{train,eval}.jsonl``, ``cache/`` (tokenised data, draft vocab),
-``target/`` (pre-trained target + tokenizer), ``eagle3_draft/``, ``peagle_draft/``, ``metrics.jsonl``,
-``curves.png``, ``summary.json``.
+Output directory layout: ``data/{train,eval}.jsonl``, ``cache/`` (tokenised data), ``target/`` (pre-trained
+target + tokenizer), ``eagle3/`` and ``peagle/`` (recipe runs: ``metrics.jsonl``, ``config.yaml``,
+``checkpoints/``), ``curves.png``, ``summary.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from itertools import islice
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm import tqdm
 
 from eagle_ext._io import write_json
-from eagle_ext.data import (
-    build_eagle3_dataloader,
-    count_supervised_tokens,
-    load_or_build_eagle3_token_mapping,
-)
+from eagle_ext.data import build_eagle3_dataloader
 from eagle_ext.data.fingerprint import digest
-from eagle_ext.demo.checkpoint import save_draft
 from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-from eagle_ext.demo.optim import build_optimizer
-from eagle_ext.demo.report import MetricsLog, format_table, plot_curves
 from eagle_ext.demo.target import demo_target_config, evaluate_target, load_or_pretrain_target
 from eagle_ext.demo.tokenizer import MASK_TOKEN, build_demo_tokenizer
-from eagle_ext.eagle3 import Eagle3TrainerModule, simulated_accept_length
-from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
-from eagle_ext.peagle import PEagleTrainerModule, generate_cod_sample_indices, run_partitioned_step
+from eagle_ext.train.config import load_config
+from eagle_ext.train.loop import run_training
+from eagle_ext.train.reporting import format_table, plot_curves, read_metrics
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -98,13 +90,11 @@ QUICK = replace(DemoConfig(), num_conversations=500, target_steps=50, eagle3_ste
 
 @dataclass
 class DemoData:
-    """The tokenizer and the loaders of every phase (train and held-out, packed and padded)."""
+    """The tokenizer and the loaders the demo itself reads (the recipe builds its own from the JSONL files)."""
 
     tokenizer: PreTrainedTokenizerFast
-    train_packed: Eagle3DataLoader  # packed best-fit rows: target pre-training, EAGLE-3
-    train_padded: Eagle3DataLoader  # padded rows: P-EAGLE
-    eval_packed: Eagle3DataLoader
-    eval_padded: Eagle3DataLoader
+    train_packed: Eagle3DataLoader  # packed best-fit rows: target pre-training
+    eval_padded: Eagle3DataLoader  # padded rows: the target's held-out loss
     data_key: str  # identity of the target's pre-training data (keys its cache)
 
 
@@ -140,8 +130,6 @@ def prepare_data(cfg: DemoConfig, out: str) -> DemoData:
     return DemoData(
         tokenizer=tokenizer,
         train_packed=loader(train_path, cfg.packed_batch_size, packed=True),
-        train_padded=loader(train_path, cfg.peagle_batch_size, packed=False),
-        eval_packed=loader(eval_path, cfg.packed_batch_size, packed=True, shuffle=False),
         eval_padded=loader(eval_path, cfg.peagle_batch_size, packed=False, shuffle=False),
         # what shaped the target's pre-training batches (the loader's own fingerprint holds the file's path)
         data_key=digest({"corpus": _file_sha256(train_path), "vocab": tokenizer.get_vocab(),
@@ -150,146 +138,42 @@ def prepare_data(cfg: DemoConfig, out: str) -> DemoData:
     )
 
 
-# ---------------------------------------------------------------------------------------------- EAGLE-3
+# ---------------------------------------------------------------------------------------------- drafts
 
 
-def summarize_eagle3(steps: list) -> dict:
-    """Loss (mean over steps), accuracy and tau_sim (from summed counts) of a list of Eagle3StepMetrics."""
-    valid = sum(int(m.valid_tokens) for m in steps)
-    correct = sum(float(m.accuracy) * int(m.valid_tokens) for m in steps)
-    hits = sum(m.step_prefix_hits for m in steps)
-    step_valid = sum(m.step_valid for m in steps)
-    return {
-        "loss": sum(float(m.loss) for m in steps) / len(steps),
-        "accuracy": correct / max(valid, 1),
-        "tau_sim": simulated_accept_length(hits, step_valid),
-    }
+TINY_CONFIGS = {a: os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"tiny_cpu_{a}.yaml")
+                for a in ("eagle3", "peagle")}
 
 
-@torch.no_grad()
-def evaluate_eagle3(trainer: Eagle3TrainerModule, batches: list[dict]) -> dict:
-    """:func:`summarize_eagle3` of the trainer on fixed held-out batches (already captured from the target)."""
-    return summarize_eagle3([trainer(**inputs) for inputs in batches])
-
-
-def train_eagle3(cfg: DemoConfig, target: Eagle3TargetModel, data: DemoData, selected_ids: torch.Tensor,
-                 selected_mask: torch.Tensor, log: MetricsLog) -> tuple[Eagle3DraftModel, dict, dict]:
-    """Train the one-layer EAGLE-3 draft; returns ``(draft, eval before, eval after)``."""
-    torch.manual_seed(cfg.seed)
-    draft = Eagle3DraftModel.from_target_config(target.config, cfg.draft_vocab_size)
-    draft.copy_embeddings_from(target)
-    draft.set_vocab_mapping(selected_ids)
-    trainer = Eagle3TrainerModule(draft, selected_token_ids=selected_ids, selected_token_mask=selected_mask,
-                                  ttt_steps=cfg.ttt_steps)
-    optimizer, scheduler = build_optimizer(trainer.parameters(), cfg.eagle3_lr, cfg.eagle3_steps)
-    eval_inputs = [target.generate_batch(**b).to_trainer_inputs() for b in islice(data.eval_packed, cfg.eval_batches)]
-    before = evaluate_eagle3(trainer, eval_inputs)
-    log.write({"phase": "eagle3", "split": "eval", "step": 0, **before})
-
-    batches, window = forever(data.train_packed), []
-    bar = tqdm(range(1, cfg.eagle3_steps + 1), desc="EAGLE-3", unit="step", mininterval=0.5,
-               disable=not cfg.show_progress)
-    for step in bar:
-        metrics = trainer(**target.generate_batch(**next(batches)).to_trainer_inputs())
-        optimizer.zero_grad(set_to_none=True)
-        metrics.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        window.append(replace(metrics, loss=metrics.loss.detach()))
-        if step % cfg.log_every == 0 or step == cfg.eagle3_steps:
-            record = {"phase": "eagle3", "split": "train", "step": step, "lr": scheduler.get_last_lr()[0],
-                      **summarize_eagle3(window)}
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}",
-                            tau=f"{record['tau_sim']:.2f}")
-            window = []
-    after = evaluate_eagle3(trainer, eval_inputs)
-    log.write({"phase": "eagle3", "split": "eval", "step": cfg.eagle3_steps, **after})
-    return draft, before, after
-
-
-# ---------------------------------------------------------------------------------------------- P-EAGLE
-
-
-def summarize_peagle(steps: list) -> dict:
-    """Loss (mean over steps), accuracy and per-depth accuracy of a list of PEagleStepMetrics."""
-    depth_correct = sum(m.depth_correct for m in steps)
-    depth_valid = sum(m.depth_valid for m in steps)
-    return {
-        "loss": sum(float(m.loss) for m in steps) / len(steps),
-        "accuracy": int(depth_correct.sum()) / max(int(depth_valid.sum()), 1),
-        "depth_accuracy": (depth_correct.double() / depth_valid.clamp_min(1).double()).tolist(),
-    }
-
-
-def peagle_inputs(target: Eagle3TargetModel, batch: dict) -> dict:
-    """The P-EAGLE trainer's batch keywords from one padded batch of the loader."""
-    captured = target.generate_batch(**batch)
-    return {"input_ids": captured.input_ids, "attention_mask": captured.attention_mask,
-            "loss_mask": captured.loss_mask, "aux_hidden_states": captured.aux_hidden_states,
-            "target_logits": captured.target_logits}
-
-
-def full_cod_indices(inputs: dict, num_depths: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every chain at every depth (down-sampling ratios 1): the eval set of P-EAGLE."""
-    length = inputs["loss_mask"].shape[1]
-    return [
-        generate_cod_sample_indices(length, loss, num_depths, 1.0, 1.0,
-                                    document_ids=torch.where(attention != 0, 0, -1), seed=0)
-        for loss, attention in zip(inputs["loss_mask"], inputs["attention_mask"])
+def recipe_overrides(cfg: DemoConfig, out: str, algorithm: str, mask_token_id: int) -> list[str]:
+    """Dotted overrides that point eagle_ext/configs/tiny_cpu_<algorithm>.yaml at this demo's target and data and
+    size the run from ``cfg``."""
+    common = [
+        f"output_dir={os.path.join(out, algorithm)}", f"target.name_or_path={os.path.join(out, 'target')}",
+        f"target.aux_layer_ids={list(cfg.aux_layer_ids)}", f"data.train_path={os.path.join(out, 'data', 'train.jsonl')}",
+        f"data.eval_path={os.path.join(out, 'data', 'eval.jsonl')}", f"data.cache_dir={os.path.join(out, 'cache')}",
+        f"data.draft_vocab_size={cfg.draft_vocab_size}", f"train.seed={cfg.seed}", f"train.log_every_steps={cfg.log_every}",
+        f"train.eval_batches={cfg.eval_batches}", "train.eval_at_start=true", f"train.progress={cfg.show_progress}",
+        "train.tensorboard=false", "checkpoint.every_steps=null", "checkpoint.keep=1", "optim.warmup_ratio=0.1",
     ]
+    if algorithm == "eagle3":
+        return [*common, f"data.packed_sequence_size={cfg.packed_width}", f"train.micro_batch_size={cfg.packed_batch_size}",
+                f"train.max_steps={cfg.eagle3_steps}", f"optim.lr={cfg.eagle3_lr}", f"eagle3.ttt_steps={cfg.ttt_steps}"]
+    return [*common, f"data.seq_length={cfg.seq_length}", f"train.micro_batch_size={cfg.peagle_batch_size}",
+            f"train.max_steps={cfg.peagle_steps}", f"optim.lr={cfg.peagle_lr}", f"peagle.num_depths={cfg.num_depths}",
+            f"peagle.num_draft_layers={cfg.peagle_layers}", f"peagle.sequence_partitions={cfg.sequence_partitions}",
+            f"peagle.mask_token_id={mask_token_id}"]
 
 
-@torch.no_grad()
-def evaluate_peagle(trainer: PEagleTrainerModule, batches: list[tuple[dict, list]]) -> dict:
-    """:func:`summarize_peagle` of the trainer on fixed held-out ``(inputs, cod_indices)`` pairs."""
-    return summarize_peagle([trainer(**inputs, cod_indices=cod) for inputs, cod in batches])
-
-
-def train_peagle(cfg: DemoConfig, target: Eagle3TargetModel, data: DemoData, selected_ids: torch.Tensor,
-                 selected_mask: torch.Tensor, log: MetricsLog) -> tuple[Eagle3DraftModel, dict, dict]:
-    """Train the parallel-drafting draft with COD and sequence partitions; ``(draft, eval before, after)``."""
-    torch.manual_seed(cfg.seed)
-    mask_token_id = data.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-    draft = Eagle3DraftModel.from_target_config(target.config, cfg.draft_vocab_size,
-                                                num_hidden_layers=cfg.peagle_layers, parallel_drafting=True,
-                                                mask_token_id=mask_token_id)
-    draft.copy_embeddings_from(target)
-    draft.set_vocab_mapping(selected_ids)
-    trainer = PEagleTrainerModule(draft, selected_token_ids=selected_ids, selected_token_mask=selected_mask,
-                                  num_depths=cfg.num_depths, mask_token_id=mask_token_id,
-                                  sequence_partitions=cfg.sequence_partitions,
-                                  generator=torch.Generator().manual_seed(cfg.seed))
-    optimizer, scheduler = build_optimizer(trainer.parameters(), cfg.peagle_lr, cfg.peagle_steps)
-    eval_set = []
-    for batch in islice(data.eval_padded, cfg.eval_batches):
-        inputs = peagle_inputs(target, batch)
-        eval_set.append((inputs, full_cod_indices(inputs, cfg.num_depths)))
-    before = evaluate_peagle(trainer, eval_set)
-    log.write({"phase": "peagle", "split": "eval", "step": 0, **before})
-
-    batches, window = forever(data.train_padded), []
-    bar = tqdm(range(1, cfg.peagle_steps + 1), desc="P-EAGLE", unit="step", mininterval=0.5,
-               disable=not cfg.show_progress)
-    for step in bar:
-        inputs = peagle_inputs(target, next(batches))
-        plan = trainer.build_peagle_plan(inputs["loss_mask"], inputs["attention_mask"])
-        optimizer.zero_grad(set_to_none=True)
-        metrics = run_partitioned_step(trainer, plan, inputs)  # forward + backward per segment
-        torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        window.append(metrics)
-        if step % cfg.log_every == 0 or step == cfg.peagle_steps:
-            record = {"phase": "peagle", "split": "train", "step": step, "lr": scheduler.get_last_lr()[0],
-                      "segments": len(plan), **summarize_peagle(window)}
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-            window = []
-    after = evaluate_peagle(trainer, eval_set)
-    log.write({"phase": "peagle", "split": "eval", "step": cfg.peagle_steps, **after})
-    return draft, before, after
+def train_draft(cfg: DemoConfig, out: str, algorithm: str, mask_token_id: int) -> tuple[str, dict, dict]:
+    """Train one draft with the recipe (``eagle-ext train`` on the tiny config); returns ``(run directory, eval
+    before, eval after)``. A rerun starts the phase afresh."""
+    run_dir = os.path.join(out, algorithm)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    recipe = load_config(TINY_CONFIGS[algorithm], recipe_overrides(cfg, out, algorithm, mask_token_id))
+    run_training(recipe)
+    evals = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "eval"]
+    return run_dir, evals[0], evals[-1]
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -325,28 +209,19 @@ def run_pipeline(cfg: DemoConfig, output_dir: str) -> dict:
     print(f"target: {'loaded from cache' if info['cached'] else f'pre-trained {cfg.target_steps} steps'}; "
           f"held-out LM loss {target_eval['loss']:.3f}, greedy accuracy on assistant tokens "
           f"{target_eval['assistant_accuracy']:.3f} {lap('target')}")
-    target = Eagle3TargetModel(model, aux_layer_ids=list(cfg.aux_layer_ids))
+    del model
+    mask_token_id = data.tokenizer.convert_tokens_to_ids(MASK_TOKEN)
 
-    specials = [data.tokenizer.pad_token_id, data.tokenizer.eos_token_id]
-    selected_ids, selected_mask = load_or_build_eagle3_token_mapping(
-        data.train_packed, vocab, cfg.draft_vocab_size, specials,
-        cache_path=os.path.join(out, "cache", "draft_vocab.safetensors"), show_progress=False,
-    )
-    counts = count_supervised_tokens(data.train_packed, vocab, show_progress=False)
-    coverage = float(counts[selected_mask].sum()) / max(float(counts.sum()), 1.0)
-    print(f"draft vocab: {cfg.draft_vocab_size} of {vocab} tokens, covering {100 * coverage:.1f}% of supervised "
-          f"tokens {lap('draft_vocab')}")
-
-    files = {name: os.path.join(out, name) for name in
-             ("metrics.jsonl", "curves.png", "eagle3_draft", "peagle_draft", "target", "data", "summary.json")}
-    with MetricsLog(files["metrics.jsonl"]) as log:
-        eagle3_draft, e3_before, e3_after = train_eagle3(cfg, target, data, selected_ids, selected_mask, log)
-        save_draft(eagle3_draft, files["eagle3_draft"])
-        lap("eagle3")
-        peagle_draft, pe_before, pe_after = train_peagle(cfg, target, data, selected_ids, selected_mask, log)
-        save_draft(peagle_draft, files["peagle_draft"])
-        lap("peagle")
-        records = log.records
+    files = {"eagle3": os.path.join(out, "eagle3"), "peagle": os.path.join(out, "peagle"),
+             "curves.png": os.path.join(out, "curves.png"), "target": os.path.join(out, "target"),
+             "data": os.path.join(out, "data"), "summary.json": os.path.join(out, "summary.json")}
+    print("\nEAGLE-3: eagle-ext train on eagle_ext/configs/tiny_cpu_eagle3.yaml")
+    _, e3_before, e3_after = train_draft(cfg, out, "eagle3", mask_token_id)
+    lap("eagle3")
+    print("\nP-EAGLE: eagle-ext train on eagle_ext/configs/tiny_cpu_peagle.yaml")
+    _, pe_before, pe_after = train_draft(cfg, out, "peagle", mask_token_id)
+    lap("peagle")
+    records = [r for a in ("eagle3", "peagle") for r in read_metrics(os.path.join(files[a], "metrics.jsonl"))]
     if not plot_curves(records, files["curves.png"]):
         print("note: matplotlib is not installed, curves.png skipped (pip install matplotlib)")
         del files["curves.png"]
@@ -354,7 +229,6 @@ def run_pipeline(cfg: DemoConfig, output_dir: str) -> dict:
     summary = {
         "config": asdict(cfg),
         "target": {"cached": info["cached"], **target_eval},
-        "draft_vocab_coverage": coverage,
         "eagle3": {"before": e3_before, "after": e3_after},
         "peagle": {"before": pe_before, "after": pe_after},
         "files": files,

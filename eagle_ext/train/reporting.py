@@ -13,12 +13,13 @@ __all__ = ["MetricsLog", "format_table", "plot_curves", "read_metrics"]
 
 class MetricsLog:
     """Append-only JSON-lines log; each record is flushed as soon as it is written, so a crashed or
-    interrupted run keeps every line before it. Opening truncates: one file per run."""
+    interrupted run keeps every line before it. Opening truncates (one file per run) unless ``append`` (a
+    resumed run continues its log; ``records`` then holds only this process's records)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._file = open(self.path, "w")  # noqa: SIM115 - held open for the run, closed by close()
+        self._file = open(self.path, "a" if append else "w")  # noqa: SIM115 - held open, closed by close()
         self.records: list[dict] = []
 
     def write(self, record: dict) -> None:
@@ -47,9 +48,20 @@ def _series(records: Sequence[dict], phase: str, split: str, key: str) -> tuple[
     return [r["step"] for r in picked], [r[key] for r in picked]
 
 
+_TITLES = {"eagle3": "EAGLE-3", "peagle": "P-EAGLE"}
+
+
 def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
-    """Plot EAGLE-3 loss / accuracy / tau_sim and P-EAGLE loss / per-depth accuracy against the step into a
-    PNG at ``path``. Returns False (and writes nothing) when matplotlib is not installed."""
+    """Training curves against the step into a PNG at ``path``: one row per algorithm present in ``records``
+    (``phase`` eagle3 / peagle) with loss, accuracy and tau_sim (EAGLE-3) or per-depth accuracy (P-EAGLE);
+    train as lines, eval as points. Returns False (and writes nothing) when matplotlib is not installed.
+
+    Raises:
+        ValueError: ``records`` holds no EAGLE-3 or P-EAGLE record.
+    """
+    phases = [p for p in _TITLES if any(r.get("phase") == p for r in records)]
+    if not phases:
+        raise ValueError("records holds no record with phase 'eagle3' or 'peagle'; nothing to plot")
     try:
         import matplotlib
 
@@ -57,26 +69,32 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, key, title in zip(axes[:3], ("loss", "accuracy", "tau_sim"),
-                              ("EAGLE-3 loss", "EAGLE-3 accuracy", "EAGLE-3 tau_sim")):
-        for split, style in (("train", "-"), ("eval", "o")):  # eval: held-out points before and after
-            x, y = _series(records, "eagle3", split, key)
-            if x:
-                ax.plot(x, y, style, label=split)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    ax = axes[3]
-    x, y = _series(records, "peagle", "train", "depth_accuracy")
-    for d, column in enumerate(zip(*y)):
-        ax.plot(x, column, label=f"depth {d}")
-    ax.set_title("P-EAGLE accuracy per depth (train)")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    if x:
-        ax.legend()
+    fig, axes = plt.subplots(len(phases), 3, figsize=(14, 3.8 * len(phases)), squeeze=False)
+    for row, phase in zip(axes, phases):
+        name = _TITLES[phase]
+        for ax, key in zip(row[:2], ("loss", "accuracy")):
+            for split, style in (("train", "-"), ("eval", "o")):
+                x, y = _series(records, phase, split, key)
+                if x:
+                    ax.plot(x, y, style, label=split)
+            ax.set_title(f"{name} {key}")
+        ax = row[2]
+        if phase == "eagle3":
+            for split, style in (("train", "-"), ("eval", "o")):
+                x, y = _series(records, phase, split, "tau_sim")
+                if x:
+                    ax.plot(x, y, style, label=split)
+            ax.set_title(f"{name} tau_sim")
+        else:
+            x, y = _series(records, phase, "train", "depth_accuracy")
+            for d, column in enumerate(zip(*y)):
+                ax.plot(x, column, label=f"depth {d}")
+            ax.set_title(f"{name} accuracy per depth (train)")
+        for ax in row:
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
     fig.tight_layout()
     try:
         with atomic_path(path, suffix=".png") as tmp:

@@ -1,4 +1,4 @@
-"""AdamW with a linear warmup then a cosine decay: the optimiser of every demo phase."""
+"""AdamW with a linear warmup then a cosine decay: the optimiser of the recipe (and of the demo's toy target)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], lr: float, total_steps: int, *, warmup_steps: int | None = None,
-    weight_decay: float = 0.0, min_ratio: float = 0.1,
+    weight_decay: float = 0.0, min_ratio: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+    fused: bool | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the trainable ``params`` and its per-step scheduler (call ``scheduler.step()`` after each
-    ``optimizer.step()``). ``warmup_steps`` defaults to 10% of ``total_steps`` (at least 1).
+    ``optimizer.step()``). ``warmup_steps`` defaults to 10% of ``total_steps`` (at least 1). ``fused`` is passed
+    to AdamW (None: torch's default; the recipe asks for the fused kernel on CUDA).
 
     Raises:
         ValueError: ``lr`` <= 0, ``total_steps`` < 1, ``warmup_steps`` < 0, or no trainable parameter.
@@ -39,7 +41,7 @@ def build_optimizer(
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("params holds no parameter with requires_grad=True")
-    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup, total_steps, min_ratio)
     )

@@ -1,0 +1,115 @@
+"""``eagle-ext train --dry-run``: what a config would build, without loading weights or data.
+
+Reads the target's ``config.json`` only, builds the target and the draft on the meta device to count their
+parameters, and estimates the peak memory of one rank from the shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from eagle_ext.train.config import ConfigError, RecipeConfig, config_to_yaml
+
+__all__ = ["describe_run", "format_description"]
+
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool | None = None) -> dict[str, Any]:
+    """Parameter counts and a per-rank peak-memory estimate for ``cfg`` (``world_size`` defaults to WORLD_SIZE
+    or 1; ``cuda`` to whether the run would use CUDA).
+
+    Raises:
+        ConfigError: the target config cannot be read, or contradicts the config (aux ids, vocab sizes).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from eagle_ext.models import default_eagle3_aux_layer_ids
+    from eagle_ext.train.loop import build_draft
+
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = (torch.cuda.is_available() and cfg.train.device != "cpu") if cuda is None else cuda
+    t = cfg.target
+    try:
+        target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config ({exc})") from exc
+    text = getattr(target_config, "get_text_config", lambda: target_config)()
+    vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
+    aux = list(t.aux_layer_ids) if t.aux_layer_ids is not None else default_eagle3_aux_layer_ids(layers)
+    if max(aux) >= layers:
+        raise ConfigError(f"target.aux_layer_ids must be < the target's num_hidden_layers ({layers}), got {aux}")
+    vd = cfg.data.draft_vocab_size or vocab
+    if vd > vocab:
+        raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab}), got {vd}")
+    if cfg.algorithm == "peagle" and cfg.peagle.mask_token_id >= vocab:
+        raise ConfigError(f"peagle.mask_token_id must be < the target's vocab_size ({vocab}), got "
+                          f"{cfg.peagle.mask_token_id}")
+    with torch.device("meta"):
+        target = AutoModelForCausalLM.from_config(target_config, trust_remote_code=t.trust_remote_code)
+        draft = build_draft(cfg, target_config, vd if vd < vocab else None)
+    n_target = sum(p.numel() for p in target.parameters())
+    n_train = sum(p.numel() for p in draft.parameters() if p.requires_grad)
+    n_draft_frozen = sum(p.numel() for p in draft.parameters() if not p.requires_grad)
+
+    dtype = t.dtype if t.dtype != "auto" else ("bf16" if cuda else "fp32")
+    tb = _BYTES[dtype]
+    width = cfg.data.packed_sequence_size or cfg.data.seq_length
+    tokens = cfg.train.micro_batch_size * width
+    inter = int(getattr(text, "intermediate_size", 4 * hidden))
+    act = 2 if cuda and cfg.train.autocast != "none" else 4
+    target_weights = n_target * tb / (world if t.sharding == "fsdp" else 1)
+    if t.sharding == "fsdp":
+        target_weights += n_target * tb / max(layers, 1)  # one gathered layer at a time
+    # target forward (no grad): one layer's working set, the three aux states, the full-vocab logits
+    target_act = tokens * (4 * hidden + 2 * inter) * tb + tokens * 3 * hidden * tb + tokens * vocab * tb
+    supervision = tokens * vd * 4  # fp32 draft-vocab target distribution
+    draft_state = n_train * (4 + 4 + 8) + n_draft_frozen * 4  # fp32 weights, grads, AdamW moments
+    if cfg.algorithm == "eagle3":
+        steps = cfg.eagle3.ttt_steps
+        # per TTT step kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype)
+        draft_act = steps * tokens * (12 * hidden + 3 * inter) * act
+    else:
+        p = cfg.peagle
+        n_elements = tokens * (1 + sum(p.down_sample_ratio ** d for d in range(1, p.num_depths)))
+        draft_act = n_elements / p.sequence_partitions * p.num_draft_layers * (12 * hidden + 3 * inter) * act
+    total = target_weights + target_act + supervision + draft_state + draft_act
+    return {
+        "algorithm": cfg.algorithm,
+        "world_size": world,
+        "target": {"name_or_path": t.name_or_path, "parameters": n_target, "num_hidden_layers": layers,
+                   "hidden_size": hidden, "vocab_size": vocab, "aux_layer_ids": aux, "dtype": dtype,
+                   "sharding": t.sharding},
+        "draft": {"trainable_parameters": n_train, "frozen_parameters": n_draft_frozen, "draft_vocab_size": vd},
+        "memory_per_rank_bytes": {
+            "target_weights": int(target_weights), "target_forward": int(target_act),
+            "supervision": int(supervision), "draft_weights_grads_adam": int(draft_state),
+            "draft_activations": int(draft_act), "total": int(total),
+        },
+        "tokens_per_micro_batch": tokens,
+    }
+
+
+def format_description(cfg: RecipeConfig, info: dict[str, Any]) -> str:
+    """The dry run's printout: resolved config, parameter counts, the memory estimate."""
+    tg, dr, mem = info["target"], info["draft"], info["memory_per_rank_bytes"]
+    lines = ["# resolved config", config_to_yaml(cfg).rstrip(), "",
+             f"target: {tg['parameters']:,} parameters ({tg['num_hidden_layers']} layers, hidden {tg['hidden_size']}, "
+             f"vocab {tg['vocab_size']}), frozen, {tg['dtype']}, {tg['sharding']}; aux layers {tg['aux_layer_ids']}",
+             f"draft ({info['algorithm']}): {dr['trainable_parameters']:,} trainable + {dr['frozen_parameters']:,} "
+             f"frozen parameters; draft vocab {dr['draft_vocab_size']}",
+             f"estimated peak memory per rank ({info['world_size']} rank(s), {info['tokens_per_micro_batch']} tokens "
+             "per micro-batch):"]
+    for key, value in mem.items():
+        lines.append(f"  {key:26s} {_human(value)}")
+    return "\n".join(lines)
