@@ -291,3 +291,27 @@ def test_tensorboard_receives_the_logged_scalars(tmp_path, tiny, monkeypatch):
     assert main(["train", "-c", TINY["eagle3"], *overrides]) == 0
     assert written[0] == ("dir", os.path.join(run, "tensorboard")) and written[-1] == ("closed", None)
     assert {("train/loss", 1), ("train/tau_sim", 2), ("train/lr", 2), ("eval/accuracy", 2)} <= set(written)
+
+
+def test_recipe_exports_at_the_end_of_training(tmp_path, tiny):
+    """checkpoint.export_formats: the final checkpoint is exported, and the export passes --check and reloads
+    with the trained weights."""
+    from eagle_ext.serve import check_export, load_exported_draft
+    from eagle_ext.train.checkpoint import load_checkpoint_draft
+
+    run = str(tmp_path / "run")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(run, "train.max_steps=2", "checkpoint.export_formats=[speculators, sglang]")]) == 0
+    draft, meta = load_checkpoint_draft(run)
+    hidden = torch.randn(1, 5, draft.config.hidden_size)
+    for fmt in ("speculators", "sglang"):
+        out = os.path.join(run, "export", fmt)
+        assert check_export(out) == []
+        exported = load_exported_draft(out)
+        assert exported.aux_layer_ids == meta["aux_layer_ids"] and exported.algorithm == "eagle3"
+        # per target token the logits agree (the export sorts the draft vocab by target id), up to bf16 rounding
+        ours = torch.full((1, 5, meta["target"]["vocab_size"]), float("-inf"))
+        ours[..., draft.d2t + torch.arange(draft.d2t.numel())] = draft.compute_logits(hidden)
+        theirs = torch.full_like(ours, float("-inf"))
+        d2t = exported.draft.d2t
+        theirs[..., d2t + torch.arange(d2t.numel())] = exported.draft.compute_logits(hidden)
+        torch.testing.assert_close(theirs, ours, rtol=0.05, atol=0.05)

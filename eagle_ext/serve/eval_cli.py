@@ -1,0 +1,221 @@
+"""``eagle-ext eval``: measure a draft's real acceptance with speculative decoding against its target.
+
+``eagle-ext eval --target PATH --draft EXPORT_DIR --prompts FILE [--num-draft-tokens K [K ...]]
+[--max-new-tokens M] [--temperature T] [--seed S] [--out FILE] [--device cpu|cuda] [--dtype ...]``
+
+The draft is read from an export directory (:func:`eagle_ext.serve.export.load_exported_draft`), so the
+evaluation also proves the export. Prompts: a JSONL file whose lines are a JSON string, ``{"prompt": str}``
+or a chat row (OpenAI ``messages`` or ShareGPT ``conversations``; trailing assistant turns are dropped, the
+target writes the reply), rendered with the target tokenizer's chat template (``add_generation_prompt=True``).
+Every argument is checked before a model loads. The engine is :mod:`eagle_ext.serve.speculative`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from typing import Any
+
+#: --dtype choice -> torch dtype name ("auto": bf16 on CUDA, fp32 on CPU)
+DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", required=True, help="the target: an HF model directory (or a cached hub id)")
+    parser.add_argument("--draft", required=True, help="an export directory written by `eagle-ext export`")
+    parser.add_argument("--prompts", required=True,
+                        help="JSONL: one JSON string, {\"prompt\": ...} or chat row ({\"messages\": [...]}) per line")
+    parser.add_argument("--num-draft-tokens", type=int, nargs="+", default=[3], metavar="K",
+                        help="draft tokens verified per target forward; several values are evaluated in one run")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="M", help="new tokens per prompt")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                        help="0 = greedy (output checked against the target's own); > 0 = speculative sampling")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i)")
+    parser.add_argument("--max-prompts", type=int, default=None, metavar="N", help="evaluate the first N prompts")
+    parser.add_argument("--ignore-eos", action="store_true", help="always generate M tokens (do not stop at EOS)")
+    parser.add_argument("--out", default="eval_results.json", help="JSON report path (written atomically)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
+                        help="target and draft dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_model_dir(name: str, path: str, *, hub_ok: bool) -> None:
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{name} {path!r} is a directory without config.json")
+        return
+    if os.path.exists(path):
+        raise ValueError(f"{name} {path!r} is a file, expected a directory")
+    if not (hub_ok and _HUB_ID.match(path)):
+        raise ValueError(f"{name} {path!r} does not exist" + (" (and is not a hub id owner/name)" if hub_ok else ""))
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Check every argument before anything loads.
+
+    Raises:
+        ValueError: naming the argument, the value and what is expected.
+    """
+    _check_model_dir("--target", args.target, hub_ok=True)
+    _check_model_dir("--draft", args.draft, hub_ok=False)
+    if not os.path.isfile(args.prompts):
+        raise ValueError(f"--prompts {args.prompts!r} is not a file")
+    if not args.num_draft_tokens or any(k < 1 for k in args.num_draft_tokens):
+        raise ValueError(f"--num-draft-tokens must be ints >= 1, got {args.num_draft_tokens}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.max_prompts is not None and args.max_prompts < 1:
+        raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a directory, expected a file path")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but no CUDA device is available")
+
+
+def load_prompts(path: str, max_prompts: int | None = None) -> list[list[dict]]:
+    """Read a prompt file into conversations (lists of OpenAI messages ending in a non-assistant turn).
+
+    Each non-blank line is a JSON string (a user message), ``{"prompt": str}`` (a user message, with an
+    optional ``system`` string) or a chat row (``messages`` / ``conversations``, normalised by
+    :func:`eagle_ext.data.chat.normalize_messages`; trailing assistant turns are dropped).
+
+    Raises:
+        ValueError: a line that is not one of these (the message names the file and line), or no prompt.
+    """
+    from eagle_ext.data.chat import SkippedRow, normalize_messages
+
+    conversations: list[list[dict]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"--prompts {path!r} line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: invalid JSON ({exc})") from None
+            if isinstance(row, str):
+                row = {"prompt": row}
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON string or object, got {type(row).__name__}")
+            if isinstance(row.get("prompt"), str):
+                messages = [{"role": "user", "content": row["prompt"]}]
+                if isinstance(row.get("system"), str) and row["system"].strip():
+                    messages.insert(0, {"role": "system", "content": row["system"]})
+            else:
+                raw = next((row[k] for k in ("messages", "conversations", "conversation") if row.get(k) is not None),
+                           None)
+                if raw is None:
+                    raise ValueError(f"{where}: expected a \"prompt\" string or a \"messages\" list, got fields "
+                                     f"{sorted(row)}")
+                try:
+                    messages = normalize_messages(raw)
+                except SkippedRow as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                while messages and messages[-1]["role"] == "assistant":
+                    messages.pop()
+                if not messages:
+                    raise ValueError(f"{where}: the conversation holds only assistant turns; nothing to answer")
+            conversations.append(messages)
+            if max_prompts is not None and len(conversations) >= max_prompts:
+                break
+    if not conversations:
+        raise ValueError(f"--prompts {path!r} holds no prompt")
+    return conversations
+
+
+def render_prompts(tokenizer: Any, conversations: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation rendered with the tokenizer's chat template and the generation prompt.
+
+    Raises:
+        ValueError: the tokenizer has no chat template, or a conversation renders to no token.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the target tokenizer ({getattr(tokenizer, 'name_or_path', '')!r}) has no chat template")
+    prompts = []
+    for i, messages in enumerate(conversations):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The template writes any BOS itself; the tokenizer must not add a second one.
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"prompt {i} renders to no token")
+        prompts.append(list(ids))
+    return prompts
+
+
+def _stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return sorted(ids)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        validate_args(args)
+        conversations = load_prompts(args.prompts, args.max_prompts)
+    except ValueError as exc:
+        print(f"eagle-ext eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eagle_ext._hf import dtype_kwargs
+    from eagle_ext._io import write_json
+    from eagle_ext.serve.export import load_exported_draft
+    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative, format_report
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype_name = DTYPES[args.dtype] or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    try:
+        prompts = render_prompts(tokenizer, conversations)
+    except ValueError as exc:
+        print(f"eagle-ext eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    model = AutoModelForCausalLM.from_pretrained(args.target, **dtype_kwargs(dtype)).to(device)
+    # Always offered: used only when the export ships no embedding (the engines share the target's then).
+    exported = load_exported_draft(args.draft, embed_tokens=model.get_input_embeddings().weight)
+    draft = exported.draft.to(device=device, dtype=dtype)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if draft.config.vocab_size != vocab:
+        print(f"eagle-ext eval: error: the draft's vocab_size ({draft.config.vocab_size}) differs from the target's "
+              f"({vocab}); --draft {args.draft!r} was not trained for --target {args.target!r}", file=sys.stderr)
+        return 2
+    runner = TargetRunner(model, exported.aux_layer_ids)
+    drafter = build_drafter(draft, mask_token_id=exported.mask_token_id)
+    report = evaluate_speculative(
+        runner, drafter, prompts,
+        num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        seed=args.seed, stop_token_ids=[] if args.ignore_eos else _stop_token_ids(tokenizer, model),
+        progress=not args.no_progress,
+    )
+    report["settings"].update({
+        "target": args.target, "draft": args.draft, "prompts": args.prompts, "format": exported.format,
+        "aux_layer_ids": exported.aux_layer_ids, "dtype": dtype_name, "ignore_eos": bool(args.ignore_eos),
+        "target_name_or_path_in_export": exported.target_name_or_path,
+    })
+    print(format_report(report))
+    write_json(args.out, report, indent=2)
+    print(f"report written to {args.out}")
+    return 0

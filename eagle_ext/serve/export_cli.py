@@ -1,0 +1,144 @@
+"""``eagle-ext export``: write a recipe checkpoint in a serving format, or check an export directory.
+
+::
+
+    eagle-ext export SRC --format speculators|sglang|specforge_peagle [--out DIR] [--dtype bf16|fp16|fp32]
+                         [--no-embeddings]
+    eagle-ext export --check DIR
+
+``SRC`` is a checkpoint directory (``RUN/checkpoints/step_*``) or a run directory (its latest checkpoint); the
+default ``--out`` is ``RUN/export/<format>/``. ``--check`` prints every problem and exits 1, or prints ``OK``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+FORMATS = ("speculators", "sglang", "specforge_peagle")  # == export.EXPORT_FORMATS (kept light for --help)
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", nargs="?", help="recipe checkpoint directory or run directory (its latest checkpoint)")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="speculators (vLLM; EAGLE-3 and P-EAGLE), sglang (SGLang / specforge; EAGLE-3), "
+                             "specforge_peagle (specforge's flat P-EAGLE layout)")
+    parser.add_argument("--out", help="export directory (default: RUN/export/<format>/)")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="float tensor dtype (default bf16)")
+    parser.add_argument("--no-embeddings", action="store_true",
+                        help="leave out embed_tokens.weight (the engines then share the target's embedding)")
+    parser.add_argument("--check", metavar="DIR", help="validate an export directory instead of exporting")
+
+
+def default_export_dir(checkpoint: str, format: str) -> str:  # noqa: A002
+    """``RUN/export/<format>`` for ``RUN/checkpoints/step_*``; ``<checkpoint>/export/<format>`` for a checkpoint
+    outside a run directory."""
+    checkpoint = os.path.abspath(checkpoint)
+    parent = os.path.dirname(checkpoint)
+    root = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else checkpoint
+    return os.path.join(root, "export", format)
+
+
+def export_checkpoint(
+    src: str | os.PathLike,
+    format: str,  # noqa: A002
+    out: str | os.PathLike | None = None,
+    dtype: str = "bf16",
+    *,
+    include_embeddings: bool = True,
+) -> str:
+    """Export the draft of a recipe checkpoint (what the recipe calls at the end of training).
+
+    Args:
+        src: a checkpoint directory or a run directory (its ``checkpoints/latest``).
+        format: ``"speculators"``, ``"sglang"`` or ``"specforge_peagle"``.
+        out: the export directory (default :func:`default_export_dir`).
+        dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        include_embeddings: ship ``embed_tokens.weight``.
+
+    Returns:
+        The export directory (absolute).
+
+    Raises:
+        ValueError: an unknown ``format`` / ``dtype`` (before anything is loaded), or a checkpoint whose
+            draft the format cannot hold; FileNotFoundError: ``src`` names no checkpoint.
+    """
+    from eagle_ext.serve.export import EXPORT_DTYPES, EXPORT_FORMATS, export_draft
+    from eagle_ext.train.checkpoint import load_checkpoint_draft, read_checkpoint_meta, resolve_checkpoint
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(EXPORT_DTYPES)}, got {dtype!r}")
+    checkpoint = resolve_checkpoint(src)
+    algorithm = read_checkpoint_meta(checkpoint).get("algorithm")
+    formats = {"eagle3": ("speculators", "sglang"), "peagle": ("speculators", "specforge_peagle")}
+    if algorithm not in formats:
+        raise ValueError(f"checkpoint {checkpoint!r}: meta.json algorithm must be 'eagle3' or 'peagle', got "
+                         f"{algorithm!r}")
+    if format not in formats[algorithm]:  # checked before the draft loads
+        raise ValueError(f"format={format!r} cannot hold the {algorithm} draft of checkpoint {checkpoint!r}; use "
+                         f"{' or '.join(formats[algorithm])}")
+    draft, meta = load_checkpoint_draft(checkpoint)
+    expected = "peagle" if draft.config.parallel_drafting else "eagle3"
+    if algorithm != expected:
+        raise ValueError(f"checkpoint {checkpoint!r}: meta.json algorithm {algorithm!r} disagrees with its draft "
+                         f"({expected})")
+    target = meta.get("target") or {}
+    depth = meta.get("num_depths") if algorithm == "peagle" else meta.get("ttt_steps")
+    out = default_export_dir(checkpoint, format) if out is None else out
+    return export_draft(
+        draft, out, format=format, aux_layer_ids=list(meta["aux_layer_ids"]),
+        target_name_or_path=target.get("name_or_path"), target_num_hidden_layers=target.get("num_hidden_layers"),
+        dtype=dtype, include_embeddings=include_embeddings, speculative_tokens=depth or 3,
+        metadata={"checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch")},
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        if args.src is not None or args.format is not None or args.out is not None or args.no_embeddings:
+            print("eagle-ext export: error: --check DIR takes no SRC, --format, --out or --no-embeddings",
+                  file=sys.stderr)
+            return 2
+        from eagle_ext.serve.export import check_export
+
+        problems = check_export(args.check)
+        for problem in problems:
+            print(f"{args.check}: {problem}")
+        if problems:
+            print(f"{len(problems)} problem(s)")
+            return 1
+        print("OK")
+        return 0
+    if args.src is None or args.format is None:
+        print("eagle-ext export: error: exporting needs SRC (a checkpoint or run directory) and --format "
+              f"{{{','.join(FORMATS)}}}; or use --check DIR", file=sys.stderr)
+        return 2
+    try:
+        out = export_checkpoint(args.src, args.format, args.out, args.dtype, include_embeddings=not args.no_embeddings)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"eagle-ext export: error: {err}", file=sys.stderr)
+        return 2
+    import json
+
+    from eagle_ext.serve.export import check_export
+
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    block = config["eagle_ext"]
+    if args.format == "speculators":
+        written = f"eagle_aux_hidden_state_layer_ids {config['eagle_aux_hidden_state_layer_ids']} (layer inputs)"
+    else:
+        written = (f"eagle_config.eagle_aux_hidden_state_layer_ids "
+                   f"{config['eagle_config']['eagle_aux_hidden_state_layer_ids']} (layer outputs)")
+    problems = check_export(out)
+    print(f"exported {args.src} ({block['algorithm']}) as {args.format} ({args.dtype}) to {out}")
+    print(f"  aux layers: eagle_ext {block['aux_layer_ids']} -> {written}")
+    print(f"  draft vocab {config['draft_vocab_size']}, embed_tokens {block['embed_tokens']}; check: "
+          + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    for problem in problems:
+        print(f"{out}: {problem}")
+    return 1 if problems else 0

@@ -1,0 +1,737 @@
+"""Speculative decoding in plain PyTorch (batch size 1, no serving engine): the evaluator's engine.
+
+A round, with ``x[0..N]`` the committed tokens (the target has processed ``x[0..N-1]``; ``x[N]`` is the
+last committed token, not yet fed to the target):
+
+1. The drafter proposes ``K`` tokens ``d[1..K]`` for positions ``N+1..N+K``.
+2. The target runs ONE forward over ``x[N], d[1..K]`` (positions ``N..N+K``) on its KV cache
+   (transformers ``DynamicCache``): logits row ``i`` predicts position ``N+1+i``, and forward hooks on the
+   chosen decoder layers capture the aux hidden states of those positions.
+3. Acceptance (:func:`accept_draft_tokens`): the first ``a`` draft tokens are accepted, then one more token
+   comes from the target (the correction after a rejection, or the bonus token when all ``K`` pass), so a
+   round commits ``a + 1`` tokens for one target forward. The target cache is cropped to ``N + a + 1``
+   positions (the rejected drafts' keys go) and the aux states of positions ``N..N+a`` go to the drafter.
+
+Draft-side frame (the trainers' alignment, :mod:`eagle_ext.models.target`): draft *slot* ``t`` combines the
+embedding of token ``x[t+1]`` with the projected aux hidden state of position ``t``, runs at RoPE position
+``t`` and predicts ``x[t+2]``. The drafter keeps a KV cache of its slots ``0..N-1`` (only verified tokens ever
+enter it); each round it first appends the slots of the newly verified positions in one forward, then:
+
+- EAGLE-3 (:class:`Eagle3Drafter`, chain drafting): the output at the last slot ``N-1`` gives ``d[1]``; step
+  ``k = 1..K-1`` feeds token ``d[k]`` with the draft's own previous output as hidden state at RoPE position
+  ``N-1+k`` and attends to the cached slots plus the chain's earlier steps, exactly the TTT recurrence of
+  :class:`eagle_ext.eagle3.Eagle3TrainerModule` (step ``k`` at slot ``t``: ids shifted ``k`` more, hidden
+  state = step ``k-1`` output at ``t``, RoPE ``t + k``, keys of steps ``1..k`` at the same slot);
+- P-EAGLE (:class:`PEagleDrafter`, parallel drafting): the same forward also carries ``K-1`` mask slots
+  (``mask_token_id`` + projected ``mask_hidden``, RoPE ``N..N+K-2``), so ONE forward proposes all ``K``
+  tokens, as the COD rollout anchored at ``N-1`` in :class:`eagle_ext.peagle.PEagleTrainerModule`.
+
+After drafting the drafter crops its cache back to its ``N`` verified slots. Draft-vocabulary ids map to
+target ids through ``d2t`` (``target = draft + d2t[draft]``) when the draft vocabulary is compressed.
+
+Acceptance is lossless: greedy decoding gives token for token the target's own greedy output
+(:func:`target_decode`, the same KV-cache code path), and with ``temperature > 0`` standard speculative
+sampling keeps the target's distribution.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from eagle_ext.models.attention import masked_attention
+from eagle_ext.models.target import find_decoder_layers
+
+__all__ = [
+    "DecodeResult",
+    "DraftKVCache",
+    "Drafter",
+    "Eagle3Drafter",
+    "PEagleDrafter",
+    "Proposal",
+    "TargetRunner",
+    "accept_draft_tokens",
+    "build_drafter",
+    "evaluate_speculative",
+    "format_report",
+    "speculative_decode",
+    "summarize_decodes",
+    "target_decode",
+]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_temperature(temperature: Any) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        math.isfinite(temperature) and temperature >= 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ target
+
+
+class TargetRunner:
+    """An HF causal LM with a KV cache that also returns the aux hidden states of chosen layers.
+
+    Args:
+        model: the HF causal LM (put in eval mode; its parameters stop requiring grad).
+        aux_layer_ids: 0-indexed decoder layers whose OUTPUT is captured (eagle_ext's convention, HF
+            ``hidden_states[i + 1]``; see :func:`eagle_ext.models.default_eagle3_aux_layer_ids`), or None to
+            capture nothing (target-only decoding, or a drafter that needs no hidden states).
+
+    Raises:
+        ValueError: ids that are not distinct ints in ``[0, L)``, or no decoder-layer container.
+    """
+
+    def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.layers = find_decoder_layers(model)
+        if aux_layer_ids is not None:
+            ids = list(aux_layer_ids)
+            n = len(self.layers)
+            if not ids or len(set(ids)) != len(ids) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in ids
+            ):
+                raise ValueError(f"aux_layer_ids must be distinct ints in [0, {n}), got {aux_layer_ids!r}")
+            aux_layer_ids = ids
+        self.aux_layer_ids = aux_layer_ids
+        params = inspect.signature(model.forward).parameters
+        # transformers 5.x renamed past_key_values to cache (the old name is deprecated and mis-infers
+        # positions after a crop in some versions).
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._cache_takes_config = "config" in inspect.signature(_dynamic_cache_class().__init__).parameters
+        self.device = next(model.parameters()).device
+        self.cache: Any = None
+
+    def reset(self) -> None:
+        """Start a new sequence (an empty cache)."""
+        cls = _dynamic_cache_class()
+        self.cache = cls(config=self.model.config) if self._cache_takes_config else cls()
+
+    @property
+    def length(self) -> int:
+        """Positions held in the KV cache."""
+        return 0 if self.cache is None else int(self.cache.get_seq_length())
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, *, capture_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed ``input_ids`` int64 ``[n]`` at positions ``length .. length + n - 1``; the cache grows by n.
+
+        Returns:
+            ``(logits fp32 [n, V], aux [n, num_aux * H] in the model dtype)``; ``aux`` is None unless
+            ``capture_aux`` and the runner has ``aux_layer_ids``.
+
+        Raises:
+            ValueError: ``input_ids`` not a non-empty 1-D tensor, or a hooked layer did not run.
+        """
+        if self.cache is None:
+            self.reset()
+        if input_ids.dim() != 1 or input_ids.numel() == 0:
+            raise ValueError(f"input_ids must be a non-empty 1-D tensor [n], got shape {list(input_ids.shape)}")
+        start = self.length
+        positions = torch.arange(start, start + input_ids.numel(), device=self.device)[None]
+        kwargs = {"input_ids": input_ids.to(self.device)[None], "position_ids": positions,
+                  self._cache_kwarg: self.cache, "use_cache": True}
+        capture = capture_aux and self.aux_layer_ids is not None
+        captured: dict[int, torch.Tensor] = {}
+        handles = []
+        try:
+            if capture:
+                for i in self.aux_layer_ids:
+                    handles.append(self.layers[i].register_forward_hook(_capture_hook(captured, i)))
+            out = self.model(**kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        logits = (out.logits if hasattr(out, "logits") else out[0])[0].float()
+        if not capture:
+            return logits, None
+        missing = [i for i in self.aux_layer_ids if i not in captured]
+        if missing:
+            raise ValueError(f"target decoder layers {missing} did not run during the forward")
+        return logits, torch.cat([captured[i][0] for i in self.aux_layer_ids], dim=-1)
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` cached positions (drop the keys of rejected draft tokens)."""
+        extra = self.length - length
+        if extra > 0:
+            # A negative argument removes that many positions in transformers 4.x and 5.x alike.
+            self.cache.crop(-extra)
+
+
+def _dynamic_cache_class():
+    from transformers import DynamicCache
+
+    return DynamicCache
+
+
+def _capture_hook(store: dict[int, torch.Tensor], layer_id: int):
+    def hook(_module, _inputs, output):
+        store[layer_id] = output[0] if isinstance(output, (tuple, list)) else output
+
+    return hook
+
+
+# ------------------------------------------------------------------------------------------------ drafters
+
+
+class DraftKVCache:
+    """KV cache of a draft's attention layers, handed to the draft as its ``attention`` argument.
+
+    :class:`~eagle_ext.models.draft.DraftAttention` calls :meth:`attend` with its rotated q/k/v; the cache
+    appends k/v per layer and lets the new queries attend causally: query ``i`` of ``n`` new ones sits at
+    position ``L - n + i`` of the ``L`` cached ones and sees keys ``0..L - n + i``.
+    """
+
+    def __init__(self) -> None:
+        self._kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def length(self) -> int:
+        """Cached positions (every layer holds the same number)."""
+        for k, _ in self._kv.values():
+            return int(k.shape[2])
+        return 0
+
+    def attend(self, module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q [1, Hq, n, D]``, ``k, v [1, Hkv, n, D]`` (rotated) -> ``[1, Hq, n, D]``."""
+        past = self._kv.get(module)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        self._kv[module] = (k, v)
+        n, total = q.shape[2], k.shape[2]
+        keys = torch.arange(total, device=q.device)
+        visible = keys[None, :] <= torch.arange(total - n, total, device=q.device)[:, None]
+        return masked_attention(q, k, v, visible[None, None], scale=module.scale)
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions of every layer."""
+        self._kv = {m: (k[:, :, :length], v[:, :, :length]) for m, (k, v) in self._kv.items()}
+
+
+@dataclass
+class Proposal:
+    """K draft tokens: ``token_ids`` int64 ``[K]`` (target vocabulary) and, when sampling, ``probs`` fp32
+    ``[K, V]``: the distribution each token was drawn from, on the full target vocabulary (zero outside the
+    draft vocabulary). ``probs`` is None in greedy mode."""
+
+    token_ids: torch.Tensor
+    probs: torch.Tensor | None = None
+
+
+class Drafter(Protocol):
+    """What :func:`speculative_decode` needs from a drafter.
+
+    ``vocab_size``: the target vocabulary size V. ``reset()``: forget the previous sequence.
+    ``propose(tokens, aux_new, num_tokens, temperature, generator) -> Proposal``: ``tokens`` int64 ``[N+1]``
+    are all committed tokens (the target has processed ``x[0..N-1]``), ``aux_new`` ``[m, num_aux * H]`` the
+    aux hidden states of the positions the target verified since the previous call (``N - m .. N-1``; the
+    whole prompt on the first call), or None when the target captures none.
+    """
+
+    vocab_size: int
+
+    def reset(self) -> None: ...
+
+    def propose(self, tokens: torch.Tensor, aux_new: torch.Tensor | None, num_tokens: int, temperature: float,
+                generator: torch.Generator | None) -> Proposal: ...
+
+
+class _DraftModelDrafter:
+    """Shared part of the two drafters: the cache, the slot bookkeeping and the draft-vocab token choice."""
+
+    def __init__(self, draft: nn.Module):
+        self.draft = draft.eval().requires_grad_(False)
+        config = draft.config
+        self.vocab_size = int(config.vocab_size)
+        param = draft.lm_head.weight
+        ids = torch.arange(config.draft_vocab_size, device=param.device)
+        # d2t holds offsets: target id = draft id + d2t[draft id] (only a compressed draft has it).
+        self.draft_to_target = ids + draft.d2t.to(param.device) if draft.is_compressed else ids
+        self.cache = DraftKVCache()
+
+    def reset(self) -> None:
+        self.cache = DraftKVCache()
+
+    def _new_slots(self, tokens: torch.Tensor, aux_new: torch.Tensor | None):
+        """Ids, projected hidden states and the first slot of the verified slots not cached yet."""
+        if aux_new is None:
+            raise ValueError("this drafter reads the target's aux hidden states: build the TargetRunner with "
+                             "aux_layer_ids")
+        n, s = tokens.numel() - 1, self.cache.length
+        if aux_new.dim() != 2 or aux_new.shape[0] != n - s or n - s < 1:
+            raise ValueError(f"aux_new must hold the aux states of the {n - s} positions verified since the last "
+                             f"call ([{n - s}, num_aux * H]), got shape {list(aux_new.shape)}")
+        device = self.draft.lm_head.weight.device
+        ids = tokens[s + 1 : n + 1].to(device)
+        return ids, self.draft.project_hidden_states(aux_new.to(device)), s
+
+    def _choose(self, logits: torch.Tensor, temperature: float, generator):
+        """Draft-vocab logits ``[k, Vd]`` -> (target ids int64 ``[k]``, full-vocab probs ``[k, V]`` or None)."""
+        if temperature == 0:
+            return self.draft_to_target[logits.argmax(dim=-1)], None
+        q = torch.softmax(logits.float() / temperature, dim=-1)
+        picked = torch.multinomial(q, 1, generator=generator)[:, 0]
+        full = q.new_zeros(q.shape[0], self.vocab_size)
+        full[:, self.draft_to_target] = q
+        return self.draft_to_target[picked], full
+
+
+class Eagle3Drafter(_DraftModelDrafter):
+    """EAGLE-3 chain drafting with a single-layer :class:`~eagle_ext.models.Eagle3DraftModel` (see the
+    module docstring for the slot frame and the recurrence).
+
+    Raises:
+        ValueError: a draft with more than one layer (TTT drafts are single-layer).
+    """
+
+    def __init__(self, draft: nn.Module):
+        if len(draft.model.layers) != 1:
+            raise ValueError(f"EAGLE-3 chain drafting needs a single-layer draft, this one has "
+                             f"{len(draft.model.layers)} layers (a P-EAGLE draft drafts in parallel)")
+        super().__init__(draft)
+
+    @torch.no_grad()
+    def propose(self, tokens, aux_new, num_tokens, temperature, generator) -> Proposal:
+        draft = self.draft
+        ids, hidden, s = self._new_slots(tokens, aux_new)
+        n = tokens.numel() - 1
+        positions = torch.arange(s, n, device=ids.device)
+        # forward_peagle is the draft forward with explicit positions and attention; for a one-layer draft it
+        # computes exactly one TTT step, here over the new verified slots with the cache as attention.
+        out = draft.forward_peagle(ids[None], hidden[None], positions[None], self.cache)[0, -1:]
+        picked, probs = [], []
+        for step in range(num_tokens):
+            if step:  # TTT step `step` at slot N-1: own previous output + previous draft token, RoPE N-1+step
+                position = torch.full((1, 1), n - 1 + step, device=ids.device)
+                out = draft.forward_peagle(picked[-1][None], out[None], position, self.cache)[0]
+            token, prob = self._choose(draft.compute_logits(out), temperature, generator)
+            picked.append(token)
+            probs.append(prob)
+        self.cache.crop(n)
+        return Proposal(torch.cat(picked), None if temperature == 0 else torch.cat(probs))
+
+
+class PEagleDrafter(_DraftModelDrafter):
+    """P-EAGLE parallel drafting: one forward of the new verified slots plus ``K - 1`` mask slots.
+
+    Args:
+        draft: an :class:`~eagle_ext.models.Eagle3DraftModel` built with ``parallel_drafting=True``.
+        mask_token_id: the token of the mask slots; default ``draft.config.mask_token_id``.
+
+    Raises:
+        ValueError: a draft without ``mask_hidden``, or no valid ``mask_token_id``.
+    """
+
+    def __init__(self, draft: nn.Module, mask_token_id: int | None = None):
+        if not isinstance(getattr(draft, "mask_hidden", None), torch.Tensor):
+            raise ValueError("P-EAGLE drafting needs a draft with mask_hidden (parallel_drafting=True)")
+        super().__init__(draft)
+        if mask_token_id is None:
+            mask_token_id = getattr(draft.config, "mask_token_id", None)
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not (
+            0 <= mask_token_id < self.vocab_size
+        ):
+            raise ValueError(f"mask_token_id must be an int in [0, {self.vocab_size}), got {mask_token_id!r}")
+        self.mask_token_id = mask_token_id
+
+    @torch.no_grad()
+    def propose(self, tokens, aux_new, num_tokens, temperature, generator) -> Proposal:
+        draft = self.draft
+        ids, hidden, s = self._new_slots(tokens, aux_new)
+        n, extra = tokens.numel() - 1, num_tokens - 1
+        if extra:
+            mask_hidden = draft.project_hidden_states(draft.mask_hidden.view(1, -1)).to(hidden.dtype)
+            ids = torch.cat((ids, ids.new_full((extra,), self.mask_token_id)))
+            hidden = torch.cat((hidden, mask_hidden.expand(extra, -1)))
+        positions = torch.arange(s, n + extra, device=ids.device)
+        out = draft.forward_peagle(ids[None], hidden[None], positions[None], self.cache)[0]
+        self.cache.crop(n)
+        picked, probs = self._choose(draft.compute_logits(out[-num_tokens:]), temperature, generator)
+        return Proposal(picked, probs)
+
+
+def build_drafter(draft: nn.Module, *, mask_token_id: int | None = None) -> Eagle3Drafter | PEagleDrafter:
+    """The drafter a draft was trained for: :class:`PEagleDrafter` when ``config.parallel_drafting``, else
+    :class:`Eagle3Drafter`. ``mask_token_id`` (P-EAGLE) defaults to the draft config's."""
+    if getattr(draft.config, "parallel_drafting", False):
+        return PEagleDrafter(draft, mask_token_id)
+    return Eagle3Drafter(draft)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+
+def accept_draft_tokens(
+    draft_ids: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Verify K draft tokens against the target.
+
+    Greedy (``temperature == 0``): accept while ``d[i] == argmax p_i``; the next token is ``argmax p_a``.
+    Sampling: with ``p_i = softmax(logits_i / T)``, accept ``d[i]`` with probability ``min(1, p_i(d) / q_i(d))``;
+    at the first rejection draw the next token from ``max(0, p_i - q_i)`` renormalised (from ``p_i`` should
+    that residual vanish numerically); when all K pass, draw the bonus token from ``p_K``. Either way the
+    committed tokens follow the target's own distribution.
+
+    Args:
+        draft_ids: int64 ``[K]`` target-vocabulary ids.
+        draft_probs: fp32 ``[K, V]`` proposal distributions (required when sampling; ignored when greedy).
+        target_logits: ``[K + 1, V]``: row ``i`` is the target's prediction for draft position ``i``, row
+            ``K`` the bonus position.
+        temperature: >= 0.
+        generator: RNG on the logits' device (sampling only).
+
+    Returns:
+        ``(accepted a in [0, K], next token id)``.
+
+    Raises:
+        ValueError: inconsistent shapes, or sampling without ``draft_probs``.
+    """
+    k = draft_ids.numel()
+    if target_logits.dim() != 2 or target_logits.shape[0] != k + 1:
+        raise ValueError(f"target_logits must have shape [K + 1, V] with K = {k}, got {list(target_logits.shape)}")
+    if temperature == 0:
+        choice = target_logits.argmax(dim=-1)
+        accepted = int((draft_ids.to(choice.device) == choice[:k]).to(torch.int64).cumprod(0).sum())
+        return accepted, int(choice[accepted])
+    if draft_probs is None or tuple(draft_probs.shape) != (k, target_logits.shape[1]):
+        got = None if draft_probs is None else list(draft_probs.shape)
+        raise ValueError(f"sampling needs draft_probs of shape [K, V] = {[k, target_logits.shape[1]]}, got {got}")
+    p = torch.softmax(target_logits.float() / temperature, dim=-1)
+    q = draft_probs.to(p.device, torch.float32)
+    ids = draft_ids.to(p.device)
+    rows = torch.arange(k, device=p.device)
+    u = torch.rand(k, generator=generator, device=p.device)
+    # u < p/q written without the division (q(d) > 0 for a sampled d; q(d) = 0 accepts whenever p(d) > 0).
+    passed = u * q[rows, ids] < p[rows, ids]
+    accepted = int(passed.to(torch.int64).cumprod(0).sum())
+    if accepted == k:
+        return k, int(torch.multinomial(p[k], 1, generator=generator))
+    residual = (p[accepted] - q[accepted]).clamp_min(0)
+    if not float(residual.sum()) > 0:
+        residual = p[accepted]
+    return accepted, int(torch.multinomial(residual, 1, generator=generator))
+
+
+def _sample(logits: torch.Tensor, temperature: float, generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1, generator=generator))
+
+
+@dataclass
+class DecodeResult:
+    """One decoded prompt.
+
+    Attributes:
+        tokens: the new tokens (at most ``max_new_tokens``, ending at the first stop token if any).
+        seconds: wall time of the whole decode, prefill included.
+        target_forwards: target forward passes, prefill included.
+        num_draft_tokens: K (0 for target-only decoding).
+        accepted: accepted draft tokens per verification round (empty for target-only decoding); counted
+            before the final truncation to ``max_new_tokens`` / the stop token.
+    """
+
+    tokens: list[int]
+    seconds: float
+    target_forwards: int
+    num_draft_tokens: int = 0
+    accepted: list[int] = field(default_factory=list)
+
+
+def _check_decode_args(prompt_ids, max_new_tokens, temperature) -> tuple[torch.Tensor, float]:
+    if not isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
+    if prompt_ids.dim() != 1 or prompt_ids.numel() == 0 or prompt_ids.is_floating_point():
+        raise ValueError(f"prompt_ids must be a non-empty 1-D integer sequence, got shape {list(prompt_ids.shape)}")
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    return prompt_ids.to(torch.int64), _check_temperature(temperature)
+
+
+def _finished(new: list[int], max_new_tokens: int, stop: frozenset[int]) -> bool:
+    return len(new) >= max_new_tokens or any(t in stop for t in new)
+
+
+def _truncate(new: list[int], max_new_tokens: int, stop: frozenset[int]) -> list[int]:
+    new = new[:max_new_tokens]
+    for i, t in enumerate(new):
+        if t in stop:
+            return new[: i + 1]
+    return new
+
+
+@torch.no_grad()
+def target_decode(
+    target: TargetRunner,
+    prompt_ids: torch.Tensor | Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    stop_token_ids: Sequence[int] = (),
+) -> DecodeResult:
+    """Target-only decoding (one token per forward) on the same KV-cache path as :func:`speculative_decode`:
+    the baseline for losslessness and for tokens/s.
+
+    Args:
+        target: the target runner (its aux capture is not used).
+        prompt_ids: int ``[P]`` prompt token ids.
+        max_new_tokens: >= 1.
+        temperature: 0 = greedy; > 0 samples from ``softmax(logits / T)`` with ``generator``.
+        stop_token_ids: decoding stops after the first of these tokens (it is kept).
+
+    Raises:
+        ValueError: an empty prompt, ``max_new_tokens < 1`` or ``temperature < 0``.
+    """
+    prompt, temperature = _check_decode_args(prompt_ids, max_new_tokens, temperature)
+    stop = frozenset(int(t) for t in stop_token_ids)
+    _sync(target.device)
+    t0 = time.perf_counter()
+    target.reset()
+    logits, _ = target.forward(prompt, capture_aux=False)
+    new = [_sample(logits[-1], temperature, generator)]
+    forwards = 1
+    while not _finished(new, max_new_tokens, stop):
+        logits, _ = target.forward(torch.tensor(new[-1:], device=target.device), capture_aux=False)
+        new.append(_sample(logits[-1], temperature, generator))
+        forwards += 1
+    _sync(target.device)
+    return DecodeResult(_truncate(new, max_new_tokens, stop), time.perf_counter() - t0, forwards)
+
+
+@torch.no_grad()
+def speculative_decode(
+    target: TargetRunner,
+    drafter: Drafter,
+    prompt_ids: torch.Tensor | Sequence[int],
+    *,
+    num_draft_tokens: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    stop_token_ids: Sequence[int] = (),
+) -> DecodeResult:
+    """Speculative decoding of one prompt (the round is described in the module docstring).
+
+    Args:
+        target: the target runner; it must capture the aux layers the drafter reads.
+        drafter: a :class:`Drafter` (:class:`Eagle3Drafter`, :class:`PEagleDrafter`, or any object with the
+            same interface).
+        prompt_ids: int ``[P]``.
+        num_draft_tokens: K >= 1 draft tokens verified per target forward.
+        max_new_tokens, temperature, generator, stop_token_ids: as :func:`target_decode`.
+
+    Returns:
+        :class:`DecodeResult` with the accepted count of every round.
+
+    Raises:
+        ValueError: bad arguments, or a draft whose vocabulary size differs from the target's logits.
+    """
+    prompt, temperature = _check_decode_args(prompt_ids, max_new_tokens, temperature)
+    k = _check_int("num_draft_tokens", num_draft_tokens, 1)
+    stop = frozenset(int(t) for t in stop_token_ids)
+    device = target.device
+    _sync(device)
+    t0 = time.perf_counter()
+    target.reset()
+    drafter.reset()
+    logits, aux = target.forward(prompt, capture_aux=True)
+    if logits.shape[-1] != drafter.vocab_size:
+        raise ValueError(f"the draft's vocabulary ({drafter.vocab_size}) differs from the target's logits "
+                         f"({logits.shape[-1]}); the draft was trained for another target")
+    first = torch.tensor([_sample(logits[-1], temperature, generator)], device=device)
+    tokens = torch.cat((prompt.to(device), first))
+    new = tokens[-1:].tolist()
+    accepted_per_round: list[int] = []
+    while not _finished(new, max_new_tokens, stop):
+        proposal = drafter.propose(tokens, aux, k, temperature, generator)
+        drafted = proposal.token_ids.to(device)
+        n = tokens.numel() - 1
+        logits, aux = target.forward(torch.cat((tokens[-1:], drafted)), capture_aux=True)
+        accepted, next_token = accept_draft_tokens(drafted, proposal.probs, logits, temperature, generator)
+        target.crop(n + accepted + 1)
+        aux = None if aux is None else aux[: accepted + 1]
+        committed = torch.cat((drafted[:accepted], torch.tensor([next_token], device=device)))
+        tokens = torch.cat((tokens, committed))
+        new.extend(committed.tolist())
+        accepted_per_round.append(accepted)
+    _sync(device)
+    return DecodeResult(_truncate(new, max_new_tokens, stop), time.perf_counter() - t0,
+                        1 + len(accepted_per_round), k, accepted_per_round)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def summarize_decodes(results: Sequence[DecodeResult]) -> dict[str, Any]:
+    """Totals over decodes of one mode.
+
+    Returns:
+        ``new_tokens``, ``seconds``, ``tokens_per_s``, ``target_forwards``; for speculative decodes also
+        ``num_draft_tokens``, ``rounds``, ``tau`` (tokens committed per verification forward, the bonus token
+        included: ``mean(accepted + 1)``; the prefill forward, which yields the first token in both modes, is
+        not a round) and ``acceptance_rate`` (per draft position j: the fraction of rounds that accepted
+        draft token j, i.e. ``accepted > j``; ``tau = 1 + sum(acceptance_rate)``).
+
+    Raises:
+        ValueError: no results, or speculative results with different K.
+    """
+    if not results:
+        raise ValueError("results must hold at least one DecodeResult")
+    tokens = sum(len(r.tokens) for r in results)
+    seconds = sum(r.seconds for r in results)
+    out: dict[str, Any] = {
+        "new_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+        "target_forwards": sum(r.target_forwards for r in results),
+    }
+    ks = {r.num_draft_tokens for r in results}
+    if len(ks) != 1:
+        raise ValueError(f"results mix different num_draft_tokens {sorted(ks)}")
+    k = ks.pop()
+    if k:
+        accepted = torch.tensor([a for r in results for a in r.accepted], dtype=torch.int64)
+        rounds = accepted.numel()
+        out["num_draft_tokens"] = k
+        out["rounds"] = rounds
+        out["tau"] = float((accepted + 1).double().mean()) if rounds else float("nan")
+        out["acceptance_rate"] = [float((accepted > j).double().mean()) if rounds else float("nan")
+                                  for j in range(k)]
+    return out
+
+
+def _progress(iterable, total: int, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="prompt")
+
+
+def evaluate_speculative(
+    target: TargetRunner,
+    drafter: Drafter,
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    *,
+    num_draft_tokens: Sequence[int] = (3,),
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    stop_token_ids: Sequence[int] = (),
+    warmup: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode every prompt target-only and speculatively with every K, in the same run, and report.
+
+    Per prompt the target-only decode runs first, then one speculative decode per K, each from a fresh
+    generator seeded with ``seed + prompt index`` (so a rerun reproduces every sample). In greedy mode
+    each speculative output is compared with the target-only one (``matches_target``, ``lossless``).
+    With ``warmup``, one short untimed decode of each mode runs first (lazy initialisation, kernel caches).
+
+    Returns:
+        a JSON-ready dict: ``settings``, ``target_only`` (:func:`summarize_decodes`), ``speculative`` (one
+        summary per K, plus ``speedup`` = speculative / target-only tokens/s and ``lossless``) and
+        ``prompts`` (per prompt: ``prompt_tokens``, ``target_only`` and per-K summaries).
+
+    Raises:
+        ValueError: no prompts, K < 1, ``max_new_tokens < 1`` or ``temperature < 0`` (before decoding).
+    """
+    if not prompts:
+        raise ValueError("prompts must hold at least one prompt")
+    ks = list(num_draft_tokens)
+    if not ks:
+        raise ValueError("num_draft_tokens must name at least one K")
+    for kk in ks:
+        _check_int("num_draft_tokens", kk, 1)
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    temperature = _check_temperature(temperature)
+    _check_int("seed", seed, 0)
+    device = target.device
+
+    def generator(index: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed + index)
+
+    common = {"temperature": temperature, "stop_token_ids": stop_token_ids}
+    if warmup:
+        short = min(max_new_tokens, 8)
+        target_decode(target, prompts[0], max_new_tokens=short, generator=generator(0), **common)
+        speculative_decode(target, drafter, prompts[0], num_draft_tokens=ks[0], max_new_tokens=short,
+                           generator=generator(0), **common)
+
+    baseline: list[DecodeResult] = []
+    spec: dict[int, list[DecodeResult]] = {kk: [] for kk in ks}
+    per_prompt = []
+    for i, prompt in _progress(enumerate(prompts), len(prompts), progress, "eval"):
+        base = target_decode(target, prompt, max_new_tokens=max_new_tokens, generator=generator(i), **common)
+        baseline.append(base)
+        entry: dict[str, Any] = {"prompt_tokens": len(prompt), "target_only": summarize_decodes([base]),
+                                 "speculative": []}
+        for kk in ks:
+            res = speculative_decode(target, drafter, prompt, num_draft_tokens=kk, max_new_tokens=max_new_tokens,
+                                     generator=generator(i), **common)
+            spec[kk].append(res)
+            summary = summarize_decodes([res])
+            summary["matches_target"] = res.tokens == base.tokens if temperature == 0 else None
+            entry["speculative"].append(summary)
+        per_prompt.append(entry)
+
+    target_summary = summarize_decodes(baseline)
+    spec_summaries = []
+    for kk in ks:
+        summary = summarize_decodes(spec[kk])
+        summary["speedup"] = summary["tokens_per_s"] / target_summary["tokens_per_s"]
+        summary["lossless"] = (
+            all(r.tokens == b.tokens for r, b in zip(spec[kk], baseline, strict=True)) if temperature == 0 else None
+        )
+        spec_summaries.append(summary)
+    return {
+        "settings": {"num_prompts": len(prompts), "num_draft_tokens": ks, "max_new_tokens": max_new_tokens,
+                     "temperature": temperature, "seed": seed, "device": str(device),
+                     "algorithm": "peagle" if isinstance(drafter, PEagleDrafter) else (
+                         "eagle3" if isinstance(drafter, Eagle3Drafter) else type(drafter).__name__)},
+        "target_only": target_summary,
+        "speculative": spec_summaries,
+        "prompts": per_prompt,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The printed table of an :func:`evaluate_speculative` report."""
+    s = report["settings"]
+    lines = [
+        f"{s['num_prompts']} prompts, max_new_tokens={s['max_new_tokens']}, temperature={s['temperature']}, "
+        f"algorithm={s['algorithm']}, device={s['device']}",
+        f"{'mode':<12} {'K':>3} {'tau':>6} {'tok/s':>9} {'speed-up':>9} {'lossless':>9}  acceptance per position",
+    ]
+    base = report["target_only"]
+    lines.append(f"{'target-only':<12} {'-':>3} {1.0:>6.2f} {base['tokens_per_s']:>9.1f} {1.0:>8.2f}x {'-':>9}  -")
+    for r in report["speculative"]:
+        lossless = "-" if r["lossless"] is None else ("yes" if r["lossless"] else "NO")
+        rates = " ".join(f"{x:.2f}" for x in r["acceptance_rate"])
+        lines.append(f"{'speculative':<12} {r['num_draft_tokens']:>3} {r['tau']:>6.2f} {r['tokens_per_s']:>9.1f} "
+                     f"{r['speedup']:>8.2f}x {lossless:>9}  {rates}")
+    return "\n".join(lines)
