@@ -315,3 +315,38 @@ def test_recipe_exports_at_the_end_of_training(tmp_path, tiny):
         d2t = exported.draft.d2t
         theirs[..., d2t + torch.arange(d2t.numel())] = exported.draft.compute_logits(hidden)
         torch.testing.assert_close(theirs, ours, rtol=0.05, atol=0.05)
+
+
+def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny, monkeypatch):
+    """eagle-ext precompute, then eagle-ext train with data.cached_target_path: no target is loaded, and the run
+    reproduces the live run on the same data (the cache holds the same supervision)."""
+    import eagle_ext.train.loop as loop
+
+    base = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in tiny(str(tmp_path / "x"))}
+    common = ["data.packed_sequence_size=0", "data.seq_length=96", "train.max_steps=3", "checkpoint.every_steps=null"]
+    live = str(tmp_path / "live")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(live, *common)]) == 0
+    caches = {}
+    for split in ("train", "eval"):
+        caches[split] = str(tmp_path / f"cache_{split}")
+        assert main(["precompute", "--target-model", base["target.name_or_path"], "--input-data",
+                     base[f"data.{split}_path"], "--output-dir", caches[split], "--seq-length", "96",
+                     "--draft-vocab-size", "64", "--batch-size", "4", "--shard-size", "8", "--dtype", "fp32",
+                     "--aux-layer-ids", "0", "2", "3", "--device", "cpu", "--no-progress",
+                     *(["--token-map", caches["train"]] if split == "eval" else [])]) == 0
+
+    def no_target(*args, **kwargs):
+        raise AssertionError("a cached run must not load the target")
+
+    monkeypatch.setattr(loop, "load_target", no_target)
+    cached = str(tmp_path / "cached")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(cached, *common, f"data.cached_target_path={caches['train']}",
+                                                    f"data.eval_path={caches['eval']}")]) == 0
+    loss = {name: [r["loss"] for r in map(json.loads, open(os.path.join(run, "metrics.jsonl")))]
+            for name, run in (("live", live), ("cached", cached))}
+    torch.testing.assert_close(torch.tensor(loss["cached"]), torch.tensor(loss["live"]), rtol=1e-4, atol=1e-5)
+    # a cache made for another configuration is refused, naming the field
+    with pytest.raises(ConfigError, match="seq_length"):
+        loop.run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), *common, "data.seq_length=64",
+                                                             f"data.cached_target_path={caches['train']}",
+                                                             "data.eval_path=null")))

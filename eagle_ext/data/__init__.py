@@ -28,6 +28,7 @@ _EXPORTS = {
     "draft_vocab_coverage": "eagle_ext.data.vocab",
     "token_mask_from_ids": "eagle_ext.data.vocab",
     "token_mapping_fingerprint": "eagle_ext.data.vocab",
+    "tokenizer_special_ids": "eagle_ext.data.vocab",
     "PackingPlan": "eagle_ext.data.packing",
     "plan_packing": "eagle_ext.data.packing",
     "pack_row": "eagle_ext.data.packing",

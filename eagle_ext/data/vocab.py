@@ -69,6 +69,13 @@ def _is_identity(target_vocab_size: int, draft_vocab_size: int | None) -> bool:
     return count_draft_vocab(target_vocab_size, draft_vocab_size) == target_vocab_size
 
 
+def tokenizer_special_ids(tokenizer) -> list[int]:
+    """The special ids a draft vocabulary always keeps: the tokenizer's bos, eos, pad and unk ids that are set
+    (the seed recipe's choice; the recipe and ``precompute`` both use it, so their vocabularies agree)."""
+    return [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                        tokenizer.unk_token_id) if isinstance(i, int)]
+
+
 def _valid_specials(special_token_ids, target_vocab_size: int) -> list[int]:
     out: list[int] = []
     for t in special_token_ids or ():

@@ -68,7 +68,8 @@ class DataConfig:
     shuffle: bool = True
     shuffle_seed: int = 42
     chat_template: str | None = None  # override the tokenizer's template
-    cached_target_path: str | None = None  # train from an offline cache (eagle-ext precompute); no target loaded
+    cached_target_path: str | None = None  # train from an offline cache (eagle-ext precompute); no target loaded;
+    # data.eval_path must then name a cache of the eval data too
 
 
 @dataclass
@@ -320,6 +321,9 @@ def validate(cfg: RecipeConfig) -> None:
                  "(the offline cache holds EAGLE-3 supervision)")
         _require(t.sharding == "replicate", "target.sharding", t.sharding,
                  "'replicate' with data.cached_target_path (no target is loaded)")
+        if cfg.data.eval_path is not None:
+            _require(os.path.isdir(cfg.data.eval_path), "data.eval_path", cfg.data.eval_path,
+                     "a cache directory (from `eagle-ext precompute` on the eval data) with data.cached_target_path")
     else:
         _require(bool(t.name_or_path), "target.name_or_path", t.name_or_path, "a model directory or hub name (required)")
         _require(bool(cfg.data.train_path), "data.train_path", cfg.data.train_path, "a chat data path (required)")

@@ -181,11 +181,6 @@ def _log_main(ctx: DistContext, message: str) -> None:
         print(message, flush=True)
 
 
-def _special_ids(tokenizer) -> list[int]:
-    return [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                        tokenizer.unk_token_id) if isinstance(i, int)]
-
-
 def _all_chains(inputs: dict, num_depths: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every COD chain at every depth (ratios 1): P-EAGLE's eval set, the same for every run and rank."""
     from eagle_ext.peagle import generate_cod_sample_indices
@@ -215,6 +210,39 @@ def build_loaders(cfg: RecipeConfig, tokenizer, ctx: DistContext, *, show_progre
     evaluation = None
     if d.eval_path is not None:
         evaluation = build_eagle3_dataloader(d.eval_path, tokenizer, shuffle=False, split=d.eval_split, **common)
+    return train, evaluation
+
+
+def build_cached_loaders(cfg: RecipeConfig, ctx: DistContext, manifest: dict, vocab_size: int, aux_layer_ids: list[int],
+                         hidden_size: int, *, show_progress: bool):
+    """``(train_loader, eval_loader or None)`` over offline caches (``data.cached_target_path``, and
+    ``data.eval_path`` when it names a cache too), after refusing a cache made for another configuration.
+
+    Raises:
+        ConfigError: the cache's manifest disagrees with the config (every differing field listed).
+    """
+    from eagle_ext.offline import build_cached_dataloader, check_cache_compatible, read_cache_manifest
+
+    d = cfg.data
+    caches = {"data.cached_target_path": (d.cached_target_path, manifest)}
+    if d.eval_path is not None:
+        caches["data.eval_path"] = (d.eval_path, read_cache_manifest(d.eval_path))
+    for key, (path, found) in caches.items():
+        try:
+            check_cache_compatible(
+                found, target_vocab_size=vocab_size, draft_vocab_size=d.draft_vocab_size or vocab_size,
+                seq_length=d.seq_length, aux_layer_ids=aux_layer_ids, target_hidden_size=hidden_size,
+                mask_reasoning_content=d.mask_reasoning_content, mask_generation_prompt=d.mask_generation_prompt,
+                selected_token_ids=None if key == "data.cached_target_path" else manifest["selected_token_ids"],
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{key} {path!r} does not fit this config: {exc}") from exc
+    common = {"batch_size": cfg.train.micro_batch_size, "distributed": ctx.distributed,
+              "num_workers": d.num_workers, "show_progress": show_progress}
+    train = build_cached_dataloader(d.cached_target_path, shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, **common)
+    evaluation = None
+    if d.eval_path is not None:
+        evaluation = build_cached_dataloader(d.eval_path, shuffle=False, **common)
     return train, evaluation
 
 
@@ -376,7 +404,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     import numpy as np
     from transformers import AutoConfig, AutoTokenizer
 
-    from eagle_ext.data import load_or_build_eagle3_token_mapping
+    from eagle_ext.data import load_or_build_eagle3_token_mapping, tokenizer_special_ids
     from eagle_ext.models import Eagle3TargetModel, default_eagle3_aux_layer_ids
 
     resume_from = find_resume_checkpoint(cfg)  # before anything loads: a wrong resume fails fast
@@ -394,11 +422,25 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     # ---- data and vocabulary
     t = cfg.target
-    target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
+    cache = cfg.data.cached_target_path
+    if cache is not None:
+        from eagle_ext.offline import load_cached_target_config, read_cache_manifest
+
+        manifest = read_cache_manifest(cache)
+        target_config = load_cached_target_config(cache)
+        target_name = manifest["target_model"]
+    else:
+        target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
+        target_name = t.name_or_path
     text_config = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab_size = int(text_config.vocab_size)
     num_layers = int(text_config.num_hidden_layers)
-    aux_layer_ids = list(t.aux_layer_ids) if t.aux_layer_ids is not None else default_eagle3_aux_layer_ids(num_layers)
+    if t.aux_layer_ids is not None:
+        aux_layer_ids = list(t.aux_layer_ids)
+    elif cache is not None:
+        aux_layer_ids = list(manifest["aux_layer_ids"])
+    else:
+        aux_layer_ids = default_eagle3_aux_layer_ids(num_layers)
     if max(aux_layer_ids) >= num_layers:
         raise ConfigError(f"target.aux_layer_ids must be < the target's num_hidden_layers ({num_layers}), got "
                           f"{aux_layer_ids}")
@@ -408,33 +450,47 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > vocab_size:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab_size}), got "
                           f"{cfg.data.draft_vocab_size}")
-    tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.name_or_path, trust_remote_code=t.trust_remote_code)
-    train_loader, eval_loader = build_loaders(cfg, tokenizer, ctx, show_progress=show)
+    if cache is not None:
+        train_loader, eval_loader = build_cached_loaders(cfg, ctx, manifest, vocab_size, aux_layer_ids,
+                                                         int(text_config.hidden_size), show_progress=show)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.name_or_path, trust_remote_code=t.trust_remote_code)
+        train_loader, eval_loader = build_loaders(cfg, tokenizer, ctx, show_progress=show)
     resume_state = load_training_state(resume_from, rank=ctx.rank) if resume_from is not None else None
     if resume_state is not None:
         selected_ids, selected_mask = resume_state["selected_token_ids"], resume_state["selected_token_mask"]
+    elif cache is not None:
+        from eagle_ext.offline import load_cached_token_mapping
+
+        selected_ids, selected_mask = load_cached_token_mapping(cache)
     else:
         selected_ids, selected_mask = load_or_build_eagle3_token_mapping(
-            train_loader, vocab_size, cfg.data.draft_vocab_size, _special_ids(tokenizer),
+            train_loader, vocab_size, cfg.data.draft_vocab_size, tokenizer_special_ids(tokenizer),
             cache_path=cfg.data.vocab_cache_path or os.path.join(cfg.output_dir, "draft_vocab.safetensors"),
             show_progress=show,
         )
     draft_vocab = int(selected_ids.numel())
 
     # ---- target, draft, trainer
-    hf_target = load_target(cfg, torch.device("cpu") if t.sharding == "fsdp" else device)
+    if cache is not None:  # the cache holds the target's outputs and its input embeddings: no target loads
+        from eagle_ext.offline import load_cached_embeddings
+
+        hf_target, target, embeddings = None, None, load_cached_embeddings(cache)
+    else:
+        hf_target = load_target(cfg, torch.device("cpu") if t.sharding == "fsdp" else device)
+        embeddings = hf_target
     torch.manual_seed(seed)  # the draft's initial weights depend on the seed only (equal on every rank)
     draft = build_draft(cfg, target_config, draft_vocab if draft_vocab < vocab_size else None)
-    draft.copy_embeddings_from(hf_target)
+    draft.copy_embeddings_from(embeddings)
     draft.set_vocab_mapping(selected_ids)
-    if t.sharding == "fsdp":
-        if not ctx.distributed:
-            raise ConfigError("target.sharding: fsdp needs several processes (launch with torchrun)")
-        shard_target_fsdp(hf_target, ctx)
+    del embeddings
+    if hf_target is not None:
+        if t.sharding == "fsdp":
+            if not ctx.distributed:
+                raise ConfigError("target.sharding: fsdp needs several processes (launch with torchrun)")
+            shard_target_fsdp(hf_target, ctx)
         hf_target.to(device)
-    else:
-        hf_target.to(device)
-    target = Eagle3TargetModel(hf_target, aux_layer_ids=aux_layer_ids)
+        target = Eagle3TargetModel(hf_target, aux_layer_ids=aux_layer_ids)
     draft.to(device)
     generator = torch.Generator().manual_seed(seed * 1000003 + ctx.rank) if cfg.algorithm == "peagle" else None
     trainer = build_trainer(cfg, draft, selected_ids.to(device), selected_mask.to(device), generator)
@@ -498,10 +554,11 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     def forward(batch: dict):
         batch = _to_device(batch, device)
         tokens = batch["attention_mask"].sum()
+        if target is None:  # cached: the batch already holds the trainer's inputs
+            return batch, tokens
         with torch.no_grad():
             captured = target.generate_batch(**batch)
-        inputs = captured.to_trainer_inputs()
-        return inputs, tokens
+        return captured.to_trainer_inputs(), tokens
 
     def evaluate() -> dict:
         if eval_loader is None:
@@ -532,7 +589,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
                 "rank_weight_digests": digests,
                 "epoch": epoch, "batches_in_epoch": consumed, "world_size": ctx.world_size,
                 "algorithm": cfg.algorithm, "aux_layer_ids": aux_layer_ids,
-                "target": {"name_or_path": t.name_or_path, "model_type": getattr(text_config, "model_type", None),
+                "target": {"name_or_path": target_name, "model_type": getattr(text_config, "model_type", None),
                            "num_hidden_layers": num_layers, "hidden_size": int(text_config.hidden_size),
                            "vocab_size": vocab_size},
                 "draft_vocab_size": draft_vocab,
