@@ -1,19 +1,98 @@
-"""Document packing: C++ vs pure-Python greedy (time), and greedy vs best-fit decreasing (padding).
+"""Document packing: C++ vs pure-Python greedy (time), greedy vs best-fit decreasing (padding), and
+``build_packed_eagle3_dataset`` end to end against the seed system's packer on list and Arrow input.
 
-Targets (DESIGN.md §6): C++ greedy >= 50x faster than pure Python on 1M documents; best-fit >= 30% less
-padding than greedy on a realistic length mix (log-normal, median ~600 tokens, W=4096).
+Targets (DESIGN.md §6, issue 12): C++ greedy >= 50x faster than pure Python on 1M documents; best-fit >= 30%
+less padding than greedy on a realistic length mix (log-normal, median ~600 tokens, W=4096); the whole
+dataset build >= 5x the seed on Python lists and >= 50x on Arrow input (20k documents, ~16M tokens).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 
 from benchmarks._common import print_table, time_fn, write_results
+from eagle_ext.data.packing import build_packed_eagle3_dataset
 from eagle_ext.demo.corpus import lognormal_lengths
 from eagle_ext.ops.packing import fill_packed_rows, pack_documents
-from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows
+from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows, seed_packed_dataset
+
+PACKED_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining")
+
+
+def _same_rows(ours: list[dict], seed: list[dict]) -> bool:
+    return len(ours) == len(seed) and all(
+        a["seq_lens"] == b["seq_lens"]
+        and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in PACKED_KEYS)
+        for a, b in zip(ours, seed)
+    )
+
+
+def _corpus(num_docs: int, realistic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat ``(ids, loss_mask, lengths)``: log-normal lengths (median 600); ids uniform in [0, 128k) with the
+    second half of every document supervised, or every id and mask 1 (interned Python ints, the cheapest
+    list input)."""
+    lengths = lognormal_lengths(num_docs, median=600, sigma=0.8)
+    total = int(lengths.sum())
+    if not realistic:
+        return torch.ones(total, dtype=torch.int64), torch.ones(total, dtype=torch.int64), lengths
+    ids = torch.randint(0, 128_000, (total,), generator=torch.Generator().manual_seed(0))
+    starts = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    position = torch.arange(total) - starts
+    loss = (position >= torch.repeat_interleave(lengths // 2, lengths)).to(torch.int64)
+    return ids, loss, lengths
+
+
+def _list_samples(ids: torch.Tensor, loss: torch.Tensor, lengths: torch.Tensor) -> list[dict]:
+    ids_l, loss_l = ids.tolist(), loss.tolist()
+    ends = lengths.cumsum(0).tolist()
+    return [
+        {"input_ids": ids_l[e - n : e], "loss_mask": loss_l[e - n : e]} for e, n in zip(ends, lengths.tolist())
+    ]
+
+
+def _arrow_dataset(ids: torch.Tensor, loss: torch.Tensor, lengths: torch.Tensor):
+    """A ``datasets.Dataset`` in the schema of eagle_ext.data.tokenization (int32 ids, int8 masks), in record
+    batches of 1000 rows as ``datasets`` writes them."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.concatenate([[0], lengths.cumsum(0).numpy()]).astype(np.int32)
+    table = pa.table({
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.numpy().astype(np.int32))),
+        "loss_mask": pa.ListArray.from_arrays(pa.array(offsets), pa.array(loss.numpy().astype(np.int8))),
+    })
+    return datasets.Dataset(pa.Table.from_batches(table.to_batches(max_chunksize=1000)))
+
+
+def end_to_end(num_docs: int, width: int) -> list[dict]:
+    """``build_packed_eagle3_dataset`` vs the seed packer (tests/reference/packing.py) on the same input."""
+    out = []
+    cases = [
+        ("lists, ids in [0, 128k), half supervised", True, "list"),
+        ("lists, every id and mask 1", False, "list"),
+        ("datasets.Dataset (Arrow int32 / int8)", True, "arrow"),
+    ]
+    for name, realistic, kind in cases:
+        ids, loss, lengths = _corpus(num_docs, realistic)
+        make = _list_samples if kind == "list" else _arrow_dataset
+        t_seed, t_ours, same = _time_build(make(ids, loss, lengths), width)
+        out.append({"case": f"{name}: {num_docs} docs, {int(lengths.sum()) / 1e6:.1f}M tokens",
+                    "seed s": t_seed, "ours s": t_ours, "speedup": t_seed / t_ours,
+                    "target": ">= 5x" if kind == "list" else ">= 50x", "same rows": same})
+        gc.collect()
+    return out
+
+
+def _time_build(samples, width: int) -> tuple[float, float, bool]:
+    """(seed seconds, ours seconds (median of 3 after a warm-up), whether both give the same rows)."""
+    t_seed = time_fn(lambda: seed_packed_dataset(samples, width), warmup=0, repeat=1)
+    t_ours = time_fn(lambda: build_packed_eagle3_dataset(samples, width), warmup=1, repeat=3)
+    same = _same_rows(build_packed_eagle3_dataset(samples, width), seed_packed_dataset(samples, width))
+    return t_seed, t_ours, same
 
 
 def padding_fraction(lengths: torch.Tensor, num_rows: int, width: int) -> float:
@@ -24,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k documents instead of 1M")
     parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--dataset-docs", type=int, default=20_000,
+                        help="documents in the end-to-end dataset build (20k: ~16M tokens)")
     args = parser.parse_args()
     num_docs = 100_000 if args.quick else 1_000_000
     fill_docs = 2_000 if args.quick else 20_000
@@ -74,9 +155,12 @@ def main() -> None:
     reduction = 1 - pad_b / pad_g
     print(f"best-fit removes {100 * reduction:.1f}% of greedy's padding (target >= 30%); "
           f"C++ greedy is {t_py / t_cpp:.0f}x faster than Python (target >= 50x)")
+    build_rows = end_to_end(args.dataset_docs, width)
+    table3 = print_table(build_rows, ["case", "seed s", "ours s", "speedup", "target", "same rows"],
+                         title=f"build_packed_eagle3_dataset vs the seed packer (W={width}, greedy)")
     write_results("packing", {
         "num_docs": num_docs, "width": width, "timings": rows, "padding": pad_rows,
-        "padding_reduction": reduction, "tables": [table, table2],
+        "padding_reduction": reduction, "dataset_build": build_rows, "tables": [table, table2, table3],
     })
 
 

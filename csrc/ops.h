@@ -16,6 +16,17 @@ std::tuple<torch::Tensor, int64_t> pack_documents(const torch::Tensor& lengths, 
 std::vector<torch::Tensor> fill_packed_rows(const torch::Tensor& token_ids, const torch::Tensor& loss_mask,
                                             const torch::Tensor& offsets, const torch::Tensor& row_of_doc,
                                             int64_t num_rows, int64_t capacity, int64_t pad_token_id);
+// One packed row: input_ids, loss_mask, attention_mask, position_ids, doc_remaining (int64 [capacity], each
+// its own allocation) and seq_lens.
+using PackedRow = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                             std::vector<int64_t>>;
+std::vector<PackedRow> packed_row_list(const torch::Tensor& token_ids, const torch::Tensor& loss_mask,
+                                       const torch::Tensor& offsets, const torch::Tensor& row_of_doc,
+                                       int64_t num_rows, int64_t capacity, int64_t pad_token_id);
+// Per-sample Python values (lists / tuples of ints, or integer tensors) to flat (token_ids, loss_mask 0/1,
+// offsets) int64 buffers; needs the GIL.
+std::vector<torch::Tensor> flatten_sample_values(const pybind11::list& input_ids, const pybind11::list& loss_mask,
+                                                 const pybind11::list& attention_mask);
 
 // COD sampling and sequence partitioning (cod.cpp).
 std::tuple<torch::Tensor, torch::Tensor> generate_cod_sample_indices(

@@ -8,7 +8,9 @@ import torch
 
 from eagle_ext.data.packing import (
     build_packed_eagle3_dataset,
+    flatten_documents,
     pack_collate,
+    pack_flat_documents,
     pack_row,
     pad_collate,
     plan_packing,
@@ -151,3 +153,217 @@ def test_pad_collate_stacks_and_pads():
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
     with pytest.raises(ValueError, match="sample 0 has 2 input_ids, 1 loss_mask"):
         pad_collate([{"input_ids": [1, 2], "loss_mask": [1]}])
+
+
+# ---- list / numpy / Arrow inputs against the per-sample tensor path they replaced ----------------------
+
+
+def _tensor_path(docs, width, pad_token_id=0, strategy="greedy"):
+    """The rows as built before the C++ list reader: per-sample ``torch.as_tensor``, ``torch.cat``, then the
+    ``[R, W]`` fill (``docs``: ``(ids, loss[, attention])`` tuples)."""
+    ids, loss = [], []
+    for doc in docs:
+        t_ids, t_loss = torch.as_tensor(doc[0], dtype=torch.int64), torch.as_tensor(doc[1])
+        if len(doc) > 2:
+            n = int(torch.as_tensor(doc[2]).sum())
+            t_ids, t_loss = t_ids[:n], t_loss[:n]
+        ids.append(t_ids)
+        loss.append((t_loss != 0).to(torch.int64))
+    lengths = torch.tensor([t.numel() for t in ids], dtype=torch.int64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    flat_ids = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
+    flat_loss = torch.cat(loss) if loss else torch.zeros(0, dtype=torch.int64)
+    packed = pack_flat_documents(flat_ids, flat_loss, offsets, width, pad_token_id, strategy)
+    return [
+        {**{k: packed[k][r] for k in KEYS}, "seq_lens": packed["seq_lens"][r, :n].tolist()}
+        for r, n in enumerate(packed["num_docs"].tolist())
+    ]
+
+
+def _edge_docs():
+    """Empty, length-1, longer-than-W (W = 8) and mixed documents; bool and int loss masks; big ids."""
+    return [
+        ([], []),
+        ([5], [1]),
+        ([7, 8, 9], [True, False, True]),
+        (list(range(100, 120)), [0, 2] * 10),  # longer than W, loss values > 1
+        ([], []),
+        ([127_999, 0, 1], [0, 0, 0]),
+        ([2**40, 3], [1, 1]),
+        ([4] * 8, [1] * 8),  # exactly W
+        ([6], [False]),
+    ]
+
+
+def _arrow_table(docs, ids_type, loss_type, batch_rows=None):
+    pa = pytest.importorskip("pyarrow")
+    as_loss = bool if loss_type == pa.bool_() else int
+    table = pa.table(
+        {
+            "input_ids": pa.array([d[0] for d in docs], type=pa.list_(ids_type)),
+            "loss_mask": pa.array([[as_loss(x) for x in d[1]] for d in docs], type=pa.list_(loss_type)),
+        }
+    )
+    if batch_rows:
+        table = pa.Table.from_batches(table.to_batches(max_chunksize=batch_rows), schema=table.schema)
+    return table
+
+
+def _inputs(kind, docs):
+    """``docs`` in one of the accepted input forms."""
+    if kind == "lists":
+        return [{"input_ids": i, "loss_mask": m} for i, m in docs]
+    if kind == "tuples":
+        return [{"input_ids": tuple(i), "loss_mask": tuple(m)} for i, m in docs]
+    if kind == "tensors":
+        return [
+            {"input_ids": torch.tensor(i, dtype=torch.int64), "loss_mask": torch.tensor(m, dtype=torch.bool)}
+            for i, m in docs
+        ]
+    if kind == "numpy":
+        np = pytest.importorskip("numpy")
+        return [
+            {"input_ids": np.array(i, dtype=np.int64), "loss_mask": np.array(m, dtype=np.int8)} for i, m in docs
+        ]
+    if kind == "columns":
+        return {"input_ids": [i for i, _ in docs], "loss_mask": [m for _, m in docs]}
+    pa = pytest.importorskip("pyarrow")
+    if kind == "arrow_int64":
+        return _arrow_table(docs, pa.int64(), pa.int64())
+    if kind == "arrow_chunked":  # several record batches, large lists, bool masks
+        return _arrow_table(docs, pa.int64(), pa.bool_(), batch_rows=2).cast(
+            pa.schema([("input_ids", pa.large_list(pa.int64())), ("loss_mask", pa.large_list(pa.bool_()))])
+        )
+    if kind == "arrow_columns":  # the columns alone, chunked differently
+        table = _arrow_table(docs, pa.int64(), pa.int8())
+        whole = table["input_ids"].combine_chunks()
+        ids = pa.chunked_array([whole[:4], whole[4:]])
+        return {"input_ids": ids, "loss_mask": table["loss_mask"]}
+    if kind == "dataset":
+        datasets = pytest.importorskip("datasets")
+        return datasets.Dataset(_arrow_table(docs, pa.int64(), pa.int8(), batch_rows=3))
+    raise AssertionError(kind)
+
+
+INPUT_KINDS = [
+    "lists", "tuples", "tensors", "numpy", "columns", "arrow_int64", "arrow_chunked", "arrow_columns", "dataset"
+]
+
+
+def _assert_same_rows(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert list(g) == [*KEYS, "seq_lens"]
+        for k in KEYS:
+            assert g[k].dtype == torch.int64 and g[k].shape == e[k].shape and torch.equal(g[k], e[k]), k
+        assert isinstance(g["seq_lens"], list) and g["seq_lens"] == e["seq_lens"]
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("strategy", ["greedy", "best_fit"])
+def test_every_input_form_gives_the_tensor_path_rows_on_edge_cases(kind, strategy):
+    docs = _edge_docs()
+    rows = build_packed_eagle3_dataset(_inputs(kind, docs), 8, pad_token_id=3, strategy=strategy)
+    _assert_same_rows(rows, _tensor_path(docs, 8, pad_token_id=3, strategy=strategy))
+
+
+@pytest.mark.parametrize("kind", ["lists", "arrow_int64", "dataset"])
+def test_random_mixed_lengths_match_the_tensor_path(kind):
+    docs = _random_docs(seed=11, n=60, max_len=50)
+    rows = build_packed_eagle3_dataset(_inputs(kind, docs), 32, pad_token_id=0)
+    _assert_same_rows(rows, _tensor_path(docs, 32))
+
+
+def test_int32_ids_and_int8_masks_from_arrow_match_the_tensor_path():
+    pa = pytest.importorskip("pyarrow")
+    docs = _random_docs(seed=5)
+    rows = build_packed_eagle3_dataset(_arrow_table(docs, pa.int32(), pa.int8(), batch_rows=7), 16)
+    _assert_same_rows(rows, _tensor_path(docs, 16))
+
+
+def test_dataset_selection_order_is_honoured():
+    datasets = pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    docs = _random_docs(seed=2, n=12)
+    order = [5, 0, 11, 3, 3, 7]
+    ds = datasets.Dataset(_arrow_table(docs, pa.int64(), pa.int64())).select(order)
+    rows = build_packed_eagle3_dataset(ds, 16)
+    _assert_same_rows(rows, _tensor_path([docs[i] for i in order], 16))
+
+
+@pytest.mark.parametrize("kind", ["lists", "arrow"])
+def test_pre_padded_samples_match_the_tensor_path(kind):
+    docs = [([5, 6, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]), ([1, 2, 3], [0, 1, 1], [1, 1, 1]),
+            ([9, 9], [1, 1], [0, 0]), ([4, 5, 6], [1, 0, 1], [1, 1, 1])]
+    if kind == "lists":
+        samples = [{"input_ids": i, "loss_mask": m, "attention_mask": a} for i, m, a in docs]
+        samples.append({"input_ids": [8, 8], "loss_mask": [1, 1]})  # no attention_mask: all real
+    else:
+        pa = pytest.importorskip("pyarrow")
+        samples = pa.table({"input_ids": [d[0] for d in docs], "loss_mask": [d[1] for d in docs],
+                            "attention_mask": [d[2] for d in docs]})
+    expected_docs = docs + ([([8, 8], [1, 1])] if kind == "lists" else [])
+    _assert_same_rows(build_packed_eagle3_dataset(samples, 6), _tensor_path(expected_docs, 6))
+
+
+def test_rows_own_their_memory():
+    rows = build_packed_eagle3_dataset(_inputs("lists", _random_docs(seed=4)), 16)
+    storages = {r[k].untyped_storage().data_ptr() for r in rows for k in KEYS}
+    assert len(storages) == len(rows) * len(KEYS)
+    assert all(r[k].untyped_storage().nbytes() == 16 * 8 for r in rows for k in KEYS)
+
+
+@pytest.mark.parametrize("kind", ["lists", "columns", "arrow_int64", "dataset"])
+def test_empty_input_gives_no_rows_error(kind):
+    samples = [] if kind == "lists" else _inputs(kind, [])
+    with pytest.raises(ValueError, match="produced no rows: all 0 samples are empty"):
+        build_packed_eagle3_dataset(samples, 8)
+    ids, loss, offsets = flatten_documents(samples)
+    assert ids.numel() == loss.numel() == 0 and offsets.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("samples", "error", "match"),
+    [
+        ([{"input_ids": [1], "loss_mask": [1]}, {"input_ids": [1, "a"], "loss_mask": [1, 1]}], TypeError,
+         r"sample 1: input_ids\[1\] must be an int, got str"),
+        ([{"input_ids": [[1, 2]], "loss_mask": [1]}], TypeError, r"sample 0: input_ids\[0\] must be an int, got lis"),
+        ([{"input_ids": [1, 2], "loss_mask": [1, None]}], TypeError, r"sample 0: loss_mask\[1\] must be an in"),
+        ([{"input_ids": [1.0], "loss_mask": [1]}], TypeError, r"sample 0: input_ids\[0\] must be an int, got fl"),
+        ([{"input_ids": [1], "loss_mask": [1]}, {"input_ids": [3, 4], "loss_mask": [1]}], ValueError,
+         "sample 1: input_ids has 2 tokens but loss_mask has 1"),
+        ([{"input_ids": "abc", "loss_mask": [1, 1, 1]}], TypeError, "sample 0: input_ids must be a list or tu"),
+        ([{"input_ids": None, "loss_mask": []}], TypeError, "sample 0: input_ids must be a list or tuple"),
+        ([{"input_ids": torch.tensor([1.5]), "loss_mask": [1]}], TypeError,
+         "sample 0: input_ids must hold integers, got a tensor of dtype Float"),
+        ([{"input_ids": [2**64], "loss_mask": [1]}], ValueError, r"sample 0: input_ids\[0\] does not fit in"),
+        ([{"input_ids": [1]}], ValueError, "sample 0 must be a dict with input_ids and loss_mask"),
+        ([[1, 2]], ValueError, "sample 0 must be a dict with input_ids and loss_mask, got list"),
+        ({"input_ids": [[1]], "loss_mask": [[1], [1]]}, ValueError, "loss_mask has 2 samples but input_ids ha"),
+        ({"input_ids": [[1]]}, ValueError, "must be columns with input_ids and loss_mask"),
+    ],
+)
+def test_bad_list_input_names_the_sample(samples, error, match):
+    with pytest.raises(error, match=match):
+        build_packed_eagle3_dataset(samples, 8)
+
+
+def test_bad_arrow_input_names_the_sample():
+    pa = pytest.importorskip("pyarrow")
+    mismatched = pa.table({"input_ids": [[1], [2, 3], [4]], "loss_mask": [[1], [1], [1]]})
+    with pytest.raises(ValueError, match="sample 1: input_ids has 2 tokens but loss_mask has 1"):
+        build_packed_eagle3_dataset(mismatched, 8)
+    null_sample = pa.table({"input_ids": [[1], None], "loss_mask": [[1], [1]]})
+    with pytest.raises(ValueError, match="sample 1: input_ids is null"):
+        build_packed_eagle3_dataset(null_sample, 8)
+    null_token = pa.table({"input_ids": [[1], [2, None]], "loss_mask": [[1], [1, 1]]})
+    with pytest.raises(ValueError, match="sample 1: input_ids holds a null"):
+        build_packed_eagle3_dataset(null_token, 8)
+    floats = pa.table({"input_ids": [[1.0]], "loss_mask": [[1]]})
+    with pytest.raises(TypeError, match="input_ids must hold integers, got Arrow type double"):
+        build_packed_eagle3_dataset(floats, 8)
+    flat = pa.table({"input_ids": [1, 2], "loss_mask": [[1], [1]]})
+    with pytest.raises(TypeError, match="input_ids must be an Arrow list column, got type int64"):
+        build_packed_eagle3_dataset(flat, 8)
+    with pytest.raises(ValueError, match=r"lacks columns \['loss_mask'\]"):
+        build_packed_eagle3_dataset(pa.table({"input_ids": [[1]]}), 8)

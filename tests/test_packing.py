@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eagle_ext.ops.packing import fill_packed_rows, pack_documents
+from eagle_ext.ops.packing import fill_packed_rows, flatten_sample_values, pack_documents, packed_row_list
 from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows
 
 lengths_st = st.lists(st.integers(min_value=0, max_value=40), min_size=0, max_size=60)
@@ -127,3 +127,67 @@ def test_fill_rejects_inconsistent_inputs():
         fill_packed_rows(ids, loss[:-1], offsets, torch.tensor([0, 0]), 1, 8)
     with pytest.raises(ValueError, match="holds no document"):
         fill_packed_rows(ids, loss, offsets, torch.tensor([0, 0]), 2, 8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50),
+       strategy=st.sampled_from(["greedy", "best_fit"]))
+def test_row_list_equals_the_row_tensors(lengths, capacity, strategy):
+    docs = _docs(lengths)
+    rows, num_rows = pack_documents(torch.tensor(lengths, dtype=torch.int64), capacity, strategy)
+    dense = fill_packed_rows(*_flat(docs), rows, num_rows, capacity, pad_token_id=7)
+    listed = packed_row_list(*_flat(docs), rows, num_rows, capacity, pad_token_id=7)
+    assert len(listed) == num_rows
+    for r, row in enumerate(listed):
+        for key in ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining"):
+            assert row[key].dtype == torch.int64 and torch.equal(row[key], dense[key][r]), key
+            assert row[key].untyped_storage().nbytes() == capacity * 8  # its own allocation
+        assert row["seq_lens"] == dense["seq_lens"][r, : int(dense["num_docs"][r])].tolist()
+
+
+def test_row_list_rejects_what_fill_rejects():
+    ids, loss, offsets = _flat([([1, 2], [1, 1]), ([3], [1])])
+    with pytest.raises(ValueError, match="overflows capacity"):
+        packed_row_list(ids, loss, offsets, torch.tensor([0, 0]), 1, 2)
+    with pytest.raises(ValueError, match="holds no document"):
+        packed_row_list(ids, loss, offsets, torch.tensor([0, 0]), 2, 8)
+    with pytest.raises(TypeError, match="token_ids must be a torch.Tensor"):
+        packed_row_list([1, 2, 3], loss, offsets, torch.tensor([0, 0]), 1, 8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=lengths_st)
+def test_flatten_sample_values_equals_concatenation(lengths):
+    docs = _docs(lengths, seed=1)
+    ids, loss, offsets = flatten_sample_values([d for d, _ in docs], [m for _, m in docs])
+    want_ids, want_loss, want_offsets = _flat(docs)
+    assert torch.equal(ids, want_ids) and torch.equal(offsets, want_offsets)
+    assert torch.equal(loss, (want_loss != 0).long())
+
+
+def test_flatten_sample_values_reads_every_integer_kind():
+    np = pytest.importorskip("numpy")
+    ids = [[1, True, np.int32(3)], (4, 5), torch.tensor([[6, 7]], dtype=torch.int16), np.array([8], np.uint8),
+           torch.tensor([], dtype=torch.int64)]
+    loss = [[0, 2, np.int64(-1)], (False, True), torch.tensor([1, 0]), np.array([True]), []]
+    flat_ids, flat_loss, offsets = flatten_sample_values(ids, loss, [None, [1, 0], None, None, None])
+    assert flat_ids.tolist() == [1, 1, 3, 4, 6, 7, 8] and flat_ids.dtype == torch.int64
+    assert flat_loss.tolist() == [0, 1, 1, 0, 1, 0, 1]
+    assert offsets.tolist() == [0, 3, 4, 6, 7, 7]
+
+
+@pytest.mark.parametrize(
+    ("ids", "loss", "error", "match"),
+    [
+        ([[1], [2, "x"]], [[1], [1, 1]], TypeError, r"sample 1: input_ids\[1\] must be an int, got str"),
+        ([[1]], [[0.5]], TypeError, r"sample 0: loss_mask\[0\] must be an int, got float"),
+        ([[1], [2]], [[1], [1, 1]], ValueError, "sample 1: input_ids has 1 tokens but loss_mask has 2"),
+        ([[1]], [[1], [1]], ValueError, "loss_mask has 2 samples but input_ids has 1"),
+        ([{"a": 1}], [[1]], TypeError, "sample 0: input_ids must be a list or tuple of ints, a tensor or"),
+        ([torch.tensor([1.0])], [[1]], TypeError, "sample 0: input_ids must hold integers"),
+        ([[-(2**63) - 1]], [[1]], ValueError, r"sample 0: input_ids\[0\] does not fit in int64"),
+    ],
+)
+def test_flatten_sample_values_bad_input(ids, loss, error, match):
+    with pytest.raises(error, match=match):
+        flatten_sample_values(ids, loss)

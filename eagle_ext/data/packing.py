@@ -10,20 +10,30 @@ layout, ``"best_fit"`` (best-fit decreasing) leaves less padding. Row layout (au
   supervision so it never crosses a document boundary;
 - ``seq_lens``: per-document lengths with the trailing pad folded into the last one (sums to ``W``).
 
-No per-token Python runs here: documents are flattened with ``torch.cat`` and the op writes the rows.
+No per-token Python runs here: list input is read into flat buffers by one C++ pass over the Python ints,
+Arrow input (tables, list columns, ``datasets.Dataset``) through its buffers, and the op writes the rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from eagle_ext.ops.packing import PACKING_STRATEGIES, fill_packed_rows, pack_documents
+from eagle_ext.ops.packing import (
+    PACKING_STRATEGIES,
+    fill_packed_rows,
+    flatten_sample_values,
+    pack_documents,
+    packed_row_list,
+)
 
 PACKED_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining")
-PADDED_KEYS = ("input_ids", "loss_mask", "attention_mask")
+PADDED_KEYS = ("input_ids", "loss_mask", "attention_mask")  # a sample's keys; attention_mask is optional
 
 
 def check_packing_args(packed_sequence_size, strategy: str) -> None:
@@ -38,41 +48,141 @@ def check_packing_args(packed_sequence_size, strategy: str) -> None:
         raise ValueError(f"strategy must be one of {PACKING_STRATEGIES}, got {strategy!r}")
 
 
-def _document(sample: Mapping, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(sample, Mapping) or "input_ids" not in sample or "loss_mask" not in sample:
-        raise ValueError(
-            f"sample {index} must be a dict with input_ids and loss_mask, got {type(sample).__name__}"
-        )
-    ids = torch.as_tensor(sample["input_ids"], dtype=torch.int64).flatten()
-    loss = torch.as_tensor(sample["loss_mask"]).flatten()
-    if ids.shape != loss.shape:
-        raise ValueError(
-            f"sample {index}: input_ids has {ids.numel()} tokens but loss_mask has {loss.numel()}"
-        )
-    if "attention_mask" in sample:  # pre-padded sample: keep its real (right-aligned padding) tokens only
-        n = int(torch.as_tensor(sample["attention_mask"]).sum())
-        ids, loss = ids[:n], loss[:n]
-    return ids, (loss != 0).to(torch.int64)
+def _arrow_column(name: str, column) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow list column (``Array`` or ``ChunkedArray``) as ``(values, lengths int64 [N])`` numpy arrays.
+
+    ``values`` is int64 and shares the Arrow buffer when the column is one chunk of int64 lists; otherwise
+    (int32 ids, int8 / bool masks, several chunks) it is built by one vectorised copy.
+    """
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    values, lengths, base = [], [], 0
+    for chunk in chunks:
+        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
+            raise TypeError(f"{name} must be an Arrow list column, got type {chunk.type}")
+        if chunk.null_count:
+            first = int(np.flatnonzero(~chunk.is_valid().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"sample {base + first}: {name} is null")
+        offsets = chunk.offsets.to_numpy().astype(np.int64, copy=False)
+        flat = chunk.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        if not (pa.types.is_integer(flat.type) or pa.types.is_boolean(flat.type)):
+            raise TypeError(f"{name} must hold integers, got Arrow type {flat.type}")
+        if flat.null_count:
+            token = int(np.flatnonzero(~flat.is_valid().to_numpy(zero_copy_only=False))[0])
+            sample = base + int(np.searchsorted(offsets - offsets[0], token, side="right")) - 1
+            raise ValueError(f"sample {sample}: {name} holds a null")
+        values.append(flat.to_numpy(zero_copy_only=False))
+        lengths.append(np.diff(offsets))
+        base += len(chunk)
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(values) == 1 and values[0].dtype == np.int64:
+        return values[0], lengths[0]
+    return np.concatenate(values, dtype=np.int64, casting="unsafe"), np.concatenate(lengths)
 
 
-def flatten_documents(samples: Iterable[Mapping]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Concatenate samples into flat buffers.
+def _flatten_arrow(columns: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`flatten_documents` for Arrow list columns: vectorised, no per-sample Python objects."""
+    ids, n_ids = _arrow_column("input_ids", columns["input_ids"])
+    loss, n_loss = _arrow_column("loss_mask", columns["loss_mask"])
+    if n_ids.shape != n_loss.shape:
+        raise ValueError(f"loss_mask has {n_loss.size} samples but input_ids has {n_ids.size}")
+    bad = np.flatnonzero(n_ids != n_loss)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"sample {i}: input_ids has {n_ids[i]} tokens but loss_mask has {n_loss[i]}")
+    lengths = n_ids
+    if columns.get("attention_mask") is not None:
+        # Pre-padded samples keep their first attention_mask.sum() tokens (right padding dropped).
+        attn, n_attn = _arrow_column("attention_mask", columns["attention_mask"])
+        if n_attn.shape != n_ids.shape:
+            raise ValueError(f"attention_mask has {n_attn.size} samples but input_ids has {n_ids.size}")
+        ends = np.cumsum(n_attn)
+        sums = np.concatenate([[0], np.cumsum(attn)])
+        kept = np.clip(sums[ends] - sums[ends - n_attn], 0, lengths)
+        if (kept < lengths).any():
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            keep = np.arange(ids.size) - starts < np.repeat(kept, lengths)
+            ids, loss, lengths = ids[keep], loss[keep], kept
+    if loss.dtype != np.int64:
+        loss = loss.astype(np.int64)
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    with warnings.catch_warnings():
+        # Zero-copy views of Arrow buffers are read-only; the packer only reads them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(ids), torch.from_numpy(loss), torch.from_numpy(offsets)
+
+
+def _columns(samples) -> tuple[Mapping, bool]:
+    """``(columns, is_arrow)``: ``input_ids``, ``loss_mask`` and (optional) ``attention_mask`` columns of any
+    accepted input (see :func:`flatten_documents`)."""
+    # An object can only be an Arrow or datasets object if its package is already imported.
+    pa = sys.modules.get("pyarrow")
+    hf = sys.modules.get("datasets")
+    if hf is not None and isinstance(samples, hf.Dataset):
+        names = [k for k in PADDED_KEYS if k in samples.column_names]
+        samples = samples.with_format("arrow", columns=names)[:]  # honours select / shuffle indices
+    if pa is not None and isinstance(samples, (pa.Table, pa.RecordBatch)):
+        missing = [k for k in PADDED_KEYS[:2] if k not in samples.column_names]
+        if missing:
+            raise ValueError(
+                f"samples (an Arrow table) lacks columns {missing}; it has {samples.column_names}"
+            )
+        names = [k for k in PADDED_KEYS if k in samples.column_names]
+        return {k: samples.column(k) for k in names}, True
+    if isinstance(samples, Mapping):
+        if "input_ids" not in samples or "loss_mask" not in samples:
+            raise ValueError(
+                "samples as a mapping must be columns with input_ids and loss_mask, "
+                f"got keys {sorted(samples)}"
+            )
+        columns = {k: samples[k] for k in PADDED_KEYS if k in samples}
+        arrow = pa is not None and isinstance(columns["input_ids"], (pa.Array, pa.ChunkedArray))
+        return columns, arrow
+    ids, loss, attn = [], [], []
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, Mapping) or "input_ids" not in sample or "loss_mask" not in sample:
+            raise ValueError(
+                f"sample {i} must be a dict with input_ids and loss_mask, got {type(sample).__name__}"
+            )
+        ids.append(sample["input_ids"])
+        loss.append(sample["loss_mask"])
+        attn.append(sample.get("attention_mask"))
+    columns = {"input_ids": ids, "loss_mask": loss}
+    if any(a is not None for a in attn):
+        columns["attention_mask"] = attn
+    return columns, False
+
+
+def flatten_documents(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate samples (one document each) into flat buffers.
+
+    ``samples`` is any of:
+
+    - an iterable of dicts with ``input_ids`` and ``loss_mask`` (lists or tuples of ints, tensors or numpy
+      arrays) and optionally ``attention_mask``: list values are read once by C++, element by element;
+    - a mapping of columns ``{"input_ids": ..., "loss_mask": ..., ["attention_mask": ...]}`` holding one such
+      value per sample, or Arrow list columns (``pyarrow.Array`` / ``ChunkedArray``);
+    - a ``pyarrow.Table`` / ``RecordBatch`` or a ``datasets.Dataset`` with those columns: read through
+      Arrow buffers, without a Python object per sample (zero-copy for one chunk of int64 lists).
 
     Returns:
-        ``(token_ids int64 [total], loss_mask int64 [total] of 0/1, offsets int64 [N+1])``; document ``i``
-        is ``token_ids[offsets[i]:offsets[i+1]]``. A sample with ``attention_mask`` keeps only its first
+        ``(token_ids int64 [total], loss_mask int64 [total] of 0/1, offsets int64 [N+1])``; document ``i`` is
+        ``token_ids[offsets[i]:offsets[i+1]]``. A sample with ``attention_mask`` keeps only its first
         ``attention_mask.sum()`` tokens.
 
     Raises:
-        ValueError: a sample without ``input_ids`` / ``loss_mask`` or with mismatched lengths.
+        ValueError: a sample without ``input_ids`` / ``loss_mask``, with mismatched lengths or with nulls
+            (the message names the sample index); missing columns.
+        TypeError: a value or element that is not an integer (floats, strings, nested lists), naming the
+            sample.
     """
-    docs = [_document(s, i) for i, s in enumerate(samples)]
-    lengths = torch.tensor([ids.numel() for ids, _ in docs], dtype=torch.int64)
-    offsets = torch.zeros(len(docs) + 1, dtype=torch.int64)
-    torch.cumsum(lengths, 0, out=offsets[1:])
-    if not docs:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), offsets
-    return torch.cat([d[0] for d in docs]), torch.cat([d[1] for d in docs]), offsets
+    columns, arrow = _columns(samples)
+    if arrow:
+        return _flatten_arrow(columns)
+    return flatten_sample_values(columns["input_ids"], columns["loss_mask"], columns.get("attention_mask"))
 
 
 def pack_flat_documents(
@@ -98,23 +208,20 @@ def pack_flat_documents(
     )
 
 
-def _row(packed: Mapping[str, torch.Tensor], r: int) -> dict:
-    row = {k: packed[k][r] for k in PACKED_KEYS}
-    row["seq_lens"] = packed["seq_lens"][r, : int(packed["num_docs"][r])].tolist()
-    return row
-
-
 def build_packed_eagle3_dataset(
-    samples: Iterable[Mapping],
+    samples,
     packed_sequence_size: int,
     pad_token_id: int = 0,
     *,
     strategy: str = "greedy",
 ) -> list[dict]:
-    """Pack chat samples (dicts with ``input_ids`` and ``loss_mask``; each one document) into rows.
+    """Pack chat samples (each one document) into rows.
 
     Args:
-        samples: documents in order; an ``attention_mask`` marks right padding to drop.
+        samples: documents in order: dicts with ``input_ids`` and ``loss_mask`` (an ``attention_mask`` marks
+            right padding to drop), a mapping of columns, Arrow list columns, a ``pyarrow.Table`` or a
+            ``datasets.Dataset`` (see :func:`flatten_documents`; Arrow input is read without per-sample Python
+            objects, list input by one C++ pass over the Python ints).
         packed_sequence_size: row width ``W`` (>= 2). Longer documents are truncated; empty ones skipped.
         pad_token_id: id of the trailing pad.
         strategy: ``"greedy"`` (a row is flushed when the next document does not fit; the reference
@@ -123,25 +230,23 @@ def build_packed_eagle3_dataset(
 
     Returns:
         a list of row dicts: ``input_ids, loss_mask, attention_mask, position_ids, doc_remaining`` (int64
-        tensors of length ``W``) and ``seq_lens`` (python list summing to ``W``).
+        tensors of length ``W``, each its own allocation) and ``seq_lens`` (python list summing to ``W``).
 
     Raises:
-        ValueError: bad ``packed_sequence_size`` / ``strategy``, malformed samples, or no rows (every
-            document empty).
+        ValueError: bad ``packed_sequence_size`` / ``strategy``, malformed samples (naming the sample index),
+            or no rows (every document empty).
+        TypeError: non-integer values (naming the sample index).
     """
     check_packing_args(packed_sequence_size, strategy)
-    flat = flatten_documents(samples)
-    packed = pack_flat_documents(*flat, packed_sequence_size, pad_token_id, strategy)
-    num_rows = int(packed["num_docs"].numel())
+    token_ids, loss_mask, offsets = flatten_documents(samples)
+    row_of_doc, num_rows = pack_documents(offsets[1:] - offsets[:-1], packed_sequence_size, strategy)
     if num_rows == 0:
         raise ValueError(
-            f"build_packed_eagle3_dataset produced no rows: all {flat[2].numel() - 1} samples are empty"
+            f"build_packed_eagle3_dataset produced no rows: all {offsets.numel() - 1} samples are empty"
         )
-    # Each row owns its memory (clone), so pickling one row never drags the whole buffer along.
-    return [
-        {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in _row(packed, r).items()}
-        for r in range(num_rows)
-    ]
+    return packed_row_list(
+        token_ids, loss_mask, offsets, row_of_doc, num_rows, packed_sequence_size, pad_token_id
+    )
 
 
 @dataclass(frozen=True)

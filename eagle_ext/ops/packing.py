@@ -1,12 +1,16 @@
 """Document packing into fixed-width rows (C++: csrc/packing.cpp).
 
-``pack_documents`` decides which row each document goes to; ``fill_packed_rows`` writes the row tensors
-(``input_ids, loss_mask, attention_mask, position_ids, doc_remaining, seq_lens``) from flat token buffers, so
-building a packed dataset needs no per-token Python loop. The pure-Python references are in
-tests/reference/packing.py.
+``flatten_sample_values`` reads per-sample Python lists (or tensors) into flat token buffers in one pass;
+``pack_documents`` decides which row each document goes to; ``fill_packed_rows`` (one ``[R, W]`` tensor
+per key) and ``packed_row_list`` (one dict of row tensors per row) write the rows (``input_ids, loss_mask,
+attention_mask, position_ids, doc_remaining, seq_lens``) from the flat buffers, so building a packed dataset
+needs no per-token Python loop. The pure-Python references are in tests/reference/packing.py.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -14,6 +18,7 @@ from eagle_ext._ext import load_extension
 from eagle_ext.ops._checks import as_index_vector, check_int
 
 PACKING_STRATEGIES = ("greedy", "best_fit")
+ROW_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining", "seq_lens")
 
 
 def _check_message(exc: RuntimeError) -> str:
@@ -100,3 +105,105 @@ def fill_packed_rows(
         raise ValueError(_check_message(exc)) from None
     keys = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining", "seq_lens", "num_docs")
     return dict(zip(keys, out, strict=True))
+
+
+def packed_row_list(
+    token_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    offsets: torch.Tensor,
+    row_of_doc: torch.Tensor,
+    num_rows: int,
+    capacity: int,
+    pad_token_id: int = 0,
+) -> list[dict]:
+    """The rows of :func:`fill_packed_rows`, one dict per row.
+
+    Same arguments, layout and checks as :func:`fill_packed_rows`, but row ``r`` is a dict with
+    ``input_ids, loss_mask, attention_mask, position_ids, doc_remaining`` (int64 ``[W]``, each tensor its own
+    allocation, so one row pickles or travels to a dataloader worker alone) and ``seq_lens`` (a list of
+    ints summing to W). Writes each row once, without the GIL.
+    """
+    token_ids = as_index_vector("token_ids", token_ids)
+    loss_mask = as_index_vector("loss_mask", loss_mask, allow_bool=True)
+    offsets = as_index_vector("offsets", offsets)
+    row_of_doc = as_index_vector("row_of_doc", row_of_doc)
+    num_rows = check_int("num_rows", num_rows, minimum=0)
+    capacity = check_int("capacity", capacity, minimum=1)
+    pad_token_id = check_int("pad_token_id", pad_token_id)
+    try:
+        rows = load_extension().packed_row_list(
+            token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity, pad_token_id
+        )
+    except RuntimeError as exc:
+        raise ValueError(_check_message(exc)) from None
+    return [dict(zip(ROW_KEYS, row, strict=True)) for row in rows]
+
+
+_READ_DIRECTLY = (list, tuple, torch.Tensor)
+
+
+def _sample_values(name: str, column: Sequence, *, allow_none: bool = False) -> list:
+    """``column`` as a list whose items are lists, tuples or tensors (the types the C++ reader takes; ``None``
+    too when ``allow_none``): other items (numpy arrays, array-likes) become tensors, without a copy where
+    possible."""
+    values = column if isinstance(column, list) else list(column)
+    direct = (*_READ_DIRECTLY, type(None)) if allow_none else _READ_DIRECTLY
+    if all(type(v) in direct for v in values):
+        return values
+    out = []
+    with warnings.catch_warnings():
+        # Arrays read from Arrow are read-only; they are only ever read here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for i, v in enumerate(values):
+            if isinstance(v, direct):
+                out.append(v)
+                continue
+            if v is None or isinstance(v, (str, bytes, Mapping)):
+                raise TypeError(
+                    f"sample {i}: {name} must be a list or tuple of ints, a tensor or an array, "
+                    f"got {type(v).__name__}"
+                )
+            try:
+                out.append(torch.as_tensor(v))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise TypeError(f"sample {i}: {name} could not be read as integers ({exc})") from None
+    return out
+
+
+def flatten_sample_values(
+    input_ids: Sequence,
+    loss_mask: Sequence,
+    attention_mask: Sequence | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate per-sample values into flat buffers, reading each element once (C++, no per-sample tensor
+    for list input).
+
+    Args:
+        input_ids: one value per sample: a list or tuple of ints (numpy integers are accepted too), an integer
+            tensor or an integer array (any shape; flattened).
+        loss_mask: the same, with ints or bools; non-zero means supervised.
+        attention_mask: ``None`` or one value (or ``None``) per sample; a sample with one keeps only its first
+            ``attention_mask.sum()`` tokens (right padding dropped).
+
+    Returns:
+        ``(token_ids int64 [total], loss_mask int64 [total] of 0/1, offsets int64 [N+1])``; sample ``i`` is
+        ``token_ids[offsets[i]:offsets[i+1]]``.
+
+    Raises:
+        TypeError: a value or element that is not an integer (floats, strings, nested lists, None), naming
+            the sample and position.
+        ValueError: ``input_ids`` and ``loss_mask`` of a sample differ in length (naming the sample), columns
+            of different lengths, or an id outside int64.
+    """
+    ids = _sample_values("input_ids", input_ids)
+    loss = _sample_values("loss_mask", loss_mask)
+    if len(loss) != len(ids):
+        raise ValueError(f"loss_mask has {len(loss)} samples but input_ids has {len(ids)}")
+    attn = [] if attention_mask is None else _sample_values("attention_mask", attention_mask, allow_none=True)
+    if attention_mask is not None and len(attn) != len(ids):
+        raise ValueError(f"attention_mask has {len(attn)} samples but input_ids has {len(ids)}")
+    try:
+        token_ids, flat_loss, offsets = load_extension().flatten_sample_values(ids, loss, attn)
+    except RuntimeError as exc:
+        raise ValueError(_check_message(exc)) from None
+    return token_ids, flat_loss, offsets
