@@ -4,7 +4,8 @@ Each case is one packed row (4 fully supervised documents, 1/16 padding) whose C
 r = 0.7, r_min = 0.2) has about ``n`` elements (``L ~ n / 3.37``); FlexAttention's block size 128. Methods:
 
 - ``direct``: ``build_cod_block_mask`` (vectorised torch on CPU; on CUDA the Triton kernels, plus the torch
-  builder on CUDA as ``direct-torch``);
+  builder on CUDA as ``direct-torch``, and ``direct-host``: host indices built into a CUDA BlockMask, the
+  P-EAGLE trainer's sync-free route: per-element work on the CPU, block grid on the GPU);
 - ``eager``: ``create_block_mask(mask_mod)``, which materialises the ``n x n`` mask (about 12 bytes per
   pair); skipped with a note where that exceeds ``--eager-limit-gb``;
 - ``compiled``: ``torch.compile(create_block_mask)`` (compile time excluded from the timings and printed
@@ -50,11 +51,12 @@ def cod_row(n_target: int, device: str):
     return anchor.to(device), depth.to(device), doc.to(device)
 
 
-def case_direct(n: int, dev: str, block_size: int, backend: str):
+def case_direct(n: int, dev: str, block_size: int, backend: str, host: bool = False):
     # A tiny call first pages in the code the timed calls run, so that it is not counted as their memory.
-    build_cod_block_mask(*cod_row(256, dev), block_size=block_size, backend=backend)
-    anchor, depth, doc = cod_row(n, dev)
-    return lambda: build_cod_block_mask(anchor, depth, doc, block_size=block_size, backend=backend)
+    where = "cpu" if host else dev
+    build_cod_block_mask(*cod_row(256, where), block_size=block_size, backend=backend, device=dev)
+    anchor, depth, doc = cod_row(n, where)
+    return lambda: build_cod_block_mask(anchor, depth, doc, block_size=block_size, backend=backend, device=dev)
 
 
 def case_eager(n: int, dev: str, block_size: int):
@@ -132,14 +134,18 @@ def main() -> None:
     threads = {} if args.threads is None or dev != "cpu" else {"_threads": args.threads}
     slow_repeat = 1 if args.quick else 2
 
-    direct = {"direct": "triton", "direct-torch": "torch"} if dev == "cuda" else {"direct": "torch"}
+    direct = (
+        {"direct": ("triton", False), "direct-host": ("triton", True), "direct-torch": ("torch", False)}
+        if dev == "cuda"
+        else {"direct": ("torch", False)}
+    )
     rows, notes = [], []
     compiled_seconds_per_pair = None
     for n in sizes:
         anchor, _, doc = cod_row(n, "cpu")
         count = anchor.numel()
         row = {"n": count, "L": doc.numel(), "block pairs": (-(-count // bs)) ** 2}
-        for label, backend in direct.items():
+        for label, (backend, host) in direct.items():
             r = measure(
                 case_direct,
                 device=dev,
@@ -148,6 +154,7 @@ def main() -> None:
                 dev=dev,
                 block_size=bs,
                 backend=backend,
+                host=host,
                 **threads,
             )
             row[f"{label} ms"], row[f"{label} peak"] = 1e3 * r["seconds"], r["peak_bytes"]

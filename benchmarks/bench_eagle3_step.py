@@ -2,9 +2,15 @@
 
 Table 1 runs the whole step on a small Llama (default: H=256, 4 target layers, T=512, B=2, ttt=4,
 V=8192, Vd=2048) with the TTT attention ``eager`` (reference) vs ``lean``, and the step loss ``reference``
-vs ``fused`` (when ``eagle_ext.ops.fused_linear_kl`` imports). Ratios are against eager + reference.
+vs ``fused`` (when ``eagle_ext.ops.linear_kl`` imports). Ratios are against eager + reference.
 
-Table 2 isolates the TTT attention of the last unrolled step (k = ttt-1) forward + backward at a longer
+Table 2 compares ttt = 1 with ttt = 7 (lean attention, Vd = V so the supervision dominates): peak memory
+of the whole step, and the bytes of the distinct vocab-wide tensors (last dim Vd, or >= Vd x H elements)
+autograd keeps for backward, counted with ``torch.autograd.graph.saved_tensors_hooks``. The fused loss
+reads one step-0 target with a row offset and recomputes in backward, so its vocab-wide bytes do not grow
+with the unroll; the reference loss keeps fp32 [B, T, Vd] logits per step.
+
+Table 3 isolates the TTT attention of the last unrolled step (k = ttt-1) forward + backward at a longer
 row, where the eager kernel's ``[B, Hq, T, T + k]`` fp32 scores dominate.
 
 Each CPU case runs in a fresh process (``benchmarks._common.measure``); peak memory is the growth of the
@@ -25,8 +31,9 @@ from benchmarks._common import fmt_bytes, measure, print_table, write_results
 BASELINE = ("eager", "reference")
 
 
-def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft_vocab, where):
-    """Build target, draft and batch; return the closure that runs one training step."""
+def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft_vocab, where, saved_hook=None):
+    """Build target, draft and batch; return the closure that runs one training step (under the
+    saved-tensor hook ``saved_hook`` when given)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from eagle_ext.eagle3 import Eagle3TrainerModule
@@ -51,11 +58,29 @@ def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft
 
     def step():
         out = target.generate_batch(input_ids, attention_mask, loss_mask)
-        metrics = trainer(**out.to_trainer_inputs())
+        if saved_hook is None:
+            metrics = trainer(**out.to_trainer_inputs())
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(saved_hook, lambda x: x):
+                metrics = trainer(**out.to_trainer_inputs())
         metrics.loss.backward()
         trainer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _vocab_wide_saved_bytes(*, loss_impl, ttt, shape, where) -> int:
+    """Bytes of the distinct vocab-wide storages autograd saves for backward during one training step."""
+    storages = {}
+    vd, h = shape["draft_vocab"], shape["hidden"]
+
+    def pack(x):
+        if x.dim() >= 1 and (x.shape[-1] == vd or x.numel() >= vd * h):
+            storages[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+
+    _step_case(attn="lean", loss_impl=loss_impl, where=where, saved_hook=pack, **{**shape, "ttt": ttt})()
+    return sum(storages.values())
 
 
 def _attention_case(*, implementation, batch, heads, kv_heads, seq, head_dim, steps, where):
@@ -91,7 +116,7 @@ def main() -> None:
         attn_shape = dict(batch=1, heads=8, kv_heads=2, seq=2048, head_dim=64, steps=3)
         repeat = 5
     losses = ["reference"]
-    if importlib.util.find_spec("eagle_ext.ops.fused_linear_kl") is not None:
+    if importlib.util.find_spec("eagle_ext.ops.linear_kl") is not None:
         losses.append("fused")
 
     tokens = shape["batch"] * shape["seq"]
@@ -114,6 +139,28 @@ def main() -> None:
     step_table = print_table(rows, ["attention", "loss", "step s", "tokens/s", "peak memory", "speed vs eager+ref",
                                     "memory vs eager+ref"], title)
 
+    mem_shape = {**shape, "draft_vocab": shape["vocab"]}
+    mem_results, mem_rows = {}, []
+    for loss_impl in losses:
+        for ttt in (1, 7):
+            r = measure(_step_case, device=device, warmup=1, repeat=1, attn="lean", loss_impl=loss_impl,
+                        where=device, **{**mem_shape, "ttt": ttt})
+            r["vocab_wide_saved_bytes"] = _vocab_wide_saved_bytes(loss_impl=loss_impl, ttt=ttt, shape=mem_shape,
+                                                                  where=device)
+            mem_results[(loss_impl, ttt)] = r
+        one, seven = mem_results[(loss_impl, 1)], mem_results[(loss_impl, 7)]
+        mem_rows.append({
+            "loss": loss_impl, "peak ttt=1": fmt_bytes(one["peak_bytes"]), "peak ttt=7": fmt_bytes(seven["peak_bytes"]),
+            "peak 7/1": seven["peak_bytes"] / max(one["peak_bytes"], 1),
+            "vocab-wide saved ttt=1": fmt_bytes(one["vocab_wide_saved_bytes"]),
+            "vocab-wide saved ttt=7": fmt_bytes(seven["vocab_wide_saved_bytes"]),
+            "vocab-wide 7/1": seven["vocab_wide_saved_bytes"] / max(one["vocab_wide_saved_bytes"], 1),
+        })
+    mem_title = (f"TTT memory, ttt=1 vs ttt=7 ({device}, lean attention): H={shape['hidden']}, B={shape['batch']}, "
+                 f"T={shape['seq']}, V=Vd={mem_shape['draft_vocab']}")
+    mem_table = print_table(mem_rows, ["loss", "peak ttt=1", "peak ttt=7", "peak 7/1", "vocab-wide saved ttt=1",
+                                       "vocab-wide saved ttt=7", "vocab-wide 7/1"], mem_title)
+
     attn_results = {
         impl: measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl, where=device,
                       **attn_shape)
@@ -134,8 +181,9 @@ def main() -> None:
     write_results(name, {
         "shape": shape, "attention_shape": attn_shape, "repeat": repeat,
         "step": [{"attention": k[0], "loss": k[1], **v} for k, v in results.items()],
+        "ttt_memory": [{"loss": k[0], "ttt": k[1], **v} for k, v in mem_results.items()],
         "attention": [{"attention": k, **v} for k, v in attn_results.items()],
-        "tables": [step_table, attn_table],
+        "tables": [step_table, mem_table, attn_table],
     }, device=device)
 
 

@@ -1,15 +1,21 @@
 """Benchmark fused_linear_kl: full forward + backward time and peak extra memory, side by side.
 
-Implementations: ``reference`` (fp32 linear -> log_softmax -> soft-CE, the baseline of the ratios),
+Implementations: ``reference`` (fp32 linear -> log_softmax -> soft-CE; the baseline of the ratios on CPU),
 ``chunked`` (torch autograd.Function over row chunks), ``compile`` (``torch.compile`` of the reference;
-skipped with a note if it fails or exceeds ``--compile-timeout``), ``triton`` (CUDA only) and, on CUDA,
-``eager_native`` (the usual torch recipe: linear in the input dtype, then ``.float()``).
+skipped with a note if it fails or exceeds ``--compile-timeout``), and on CUDA ``eager_bf16`` (the usual
+torch recipe: linear in bf16, then ``.float()``; the baseline of the ratios on CUDA), ``triton`` and
+``triton_offset`` (TTT loop only: one shared target read with ``row_offset=k``, as the EAGLE-3 trainer
+calls it).
 
 Cases:
 - CPU: N=4096, H=1024, Vd=32000, fp32 (targets: chunked peak <= 1/4 of the reference, time <= 1.25x).
 - CUDA: N=8192, H=4096, Vd=32000, bf16, one call and a 7-step TTT-like loop (7 calls, one weight, step
-  weights 0.8^k, one backward). TFLOP/s use the 3-GEMM lower bound 6·N·H·Vd per call (forward logits, dH,
-  dW); the Triton path executes 8·N·H·Vd (it recomputes the logits in backward), also reported.
+  weights 0.8^k, one backward). Every TTT call gets its own target tensor, as a trainer that shifts its
+  target per step would (one shared tensor would hide per-call copies kept for backward), except
+  ``triton_offset``. TFLOP/s use the 3-GEMM lower bound 6·N·H·Vd per call (forward logits, dH, dW); the
+  fused paths (triton, chunked) execute 8·N·H·Vd (they recompute the logits in backward), also reported. Before timing,
+  the Triton loss and gradients are checked against the fp32 reference at the full shape (the bf16 eager
+  recipe's errors printed beside them), and the autotuner's chosen configs are printed.
 
 Usage: ``python -m benchmarks.bench_fused_linear_kl [--quick] [--no-compile] [--device cpu|cuda]``.
 """
@@ -23,10 +29,10 @@ import signal
 import torch
 
 from benchmarks._common import fmt_bytes, measure, print_table, write_results
-from eagle_ext.ops.fused_linear_kl import fused_linear_kl, fused_linear_kl_reference
+from eagle_ext.ops.linear_kl import fused_linear_kl, fused_linear_kl_reference
 
 
-def _eager_native(hidden, weight, mask, *, target_probs):
+def _eager_bf16(hidden, weight, mask, *, target_probs):
     """The common torch recipe: logits in the input dtype (fp32 accumulation inside the GEMM), then fp32."""
     log_q = torch.log_softmax(torch.nn.functional.linear(hidden, weight).float(), dim=-1)
     row = -(target_probs * log_q).sum(-1)
@@ -57,30 +63,47 @@ def _reset_rss_peak() -> None:
             f.write("5")
 
 
-def case(impl, n, h, v, dtype, where, steps=1, compile_timeout=600, seed=0):
-    """Build inputs for ``steps`` TTT-like calls sharing one weight on device ``where``; return the
-    zero-argument fwd+bwd closure (module level: benchmarks/_common.py runs CPU cases in a subprocess)."""
-    dtype = getattr(torch, dtype)
-    dev = torch.device(where)
+def _inputs(n, h, v, dtype, dev, steps, seed, shared_target):
+    """(weight, hiddens, targets, mask): one weight, ``steps`` hidden states and targets (one shared target
+    when ``shared_target``)."""
     gen = torch.Generator(device=dev).manual_seed(seed)
     weight = (torch.randn(v, h, device=dev, generator=gen) * h**-0.5).to(dtype).requires_grad_()
     hiddens = [torch.randn(n, h, device=dev, generator=gen).to(dtype).requires_grad_() for _ in range(steps)]
-    probs = torch.softmax(2.0 * torch.randn(n, v, device=dev, generator=gen), dim=-1)
     mask = torch.rand(n, device=dev, generator=gen) > 0.2
+    targets = [
+        torch.softmax(2.0 * torch.randn(n, v, device=dev, generator=gen), dim=-1)
+        for _ in range(1 if shared_target else steps)
+    ]
+    return weight, hiddens, targets, mask
 
-    if impl == "eager_native":
-        loss_fn = lambda hs: _eager_native(hs, weight, mask, target_probs=probs)  # noqa: E731
-    elif impl == "compile":
-        compiled = torch.compile(fused_linear_kl_reference)
-        loss_fn = lambda hs: compiled(hs, weight, mask, target_probs=probs).loss  # noqa: E731
-    else:
-        loss_fn = lambda hs: fused_linear_kl(hs, weight, mask, target_probs=probs, impl=impl).loss  # noqa: E731
+
+def _loss_fn(impl, weight, mask, compile_fn=None):
+    """``(hidden, target, k) -> loss`` for one impl (``k``: the TTT step, used by ``triton_offset``)."""
+    if impl == "eager_bf16":
+        return lambda hs, p, k: _eager_bf16(hs, weight, mask, target_probs=p)
+    if impl == "compile":
+        return lambda hs, p, k: compile_fn(hs, weight, mask, target_probs=p).loss
+    if impl == "triton_offset":
+        return lambda hs, p, k: fused_linear_kl(hs, weight, mask, target_probs=p, impl="triton", row_offset=k).loss
+    return lambda hs, p, k: fused_linear_kl(hs, weight, mask, target_probs=p, impl=impl).loss
+
+
+def case(impl, n, h, v, dtype, where, steps=1, compile_timeout=600, seed=0):
+    """Build inputs for ``steps`` TTT-like calls sharing one weight on device ``where``; return the
+    zero-argument fwd+bwd closure (module level: benchmarks/_common.py runs CPU cases in a subprocess)."""
+    dev = torch.device(where)
+    weight, hiddens, targets, mask = _inputs(
+        n, h, v, getattr(torch, dtype), dev, steps, seed, shared_target=impl == "triton_offset"
+    )
+    loss_fn = _loss_fn(impl, weight, mask, torch.compile(fused_linear_kl_reference) if impl == "compile" else None)
 
     def run():
         weight.grad = None
         for hs in hiddens:
             hs.grad = None
-        total = sum(loss_fn(hs) * 0.8**k for k, hs in enumerate(hiddens))
+        total = sum(
+            loss_fn(hs, targets[min(k, len(targets) - 1)], k) * 0.8**k for k, hs in enumerate(hiddens)
+        )
         total.backward()
 
     if impl == "compile":
@@ -88,6 +111,35 @@ def case(impl, n, h, v, dtype, where, steps=1, compile_timeout=600, seed=0):
             run()
     _reset_rss_peak()
     return run
+
+
+def check_correctness(*, n, h, v, dtype, seed=1):
+    """CUDA, full shape: loss / dH / dW of ``triton`` and ``eager_bf16`` against the fp32 reference (max
+    abs error relative to the reference's max abs value); raises if Triton is off by more than bf16 allows.
+    """
+    dev = torch.device("cuda")
+    weight, (hidden,), (probs,), mask = _inputs(n, h, v, getattr(torch, dtype), dev, 1, seed, shared_target=True)
+    out = {}
+    for impl in ("reference", "eager_bf16", "triton"):
+        weight.grad = hidden.grad = None
+        loss = _loss_fn(impl, weight, mask)(hidden, probs, 0)
+        loss.backward()
+        out[impl] = (loss.detach().float(), hidden.grad.float(), weight.grad.float())
+        torch.cuda.empty_cache()
+    ref = out.pop("reference")
+    errors = {
+        impl: {
+            name: float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+            for name, got, want in zip(("loss", "dh", "dw"), vals, ref)
+        }
+        for impl, vals in out.items()
+    }
+    for impl, err in errors.items():
+        print(f"  correctness {impl} vs fp32 reference (max rel err): " + ", ".join(f"{k} {e:.2e}" for k, e in err.items()))
+    bad = {k: e for k, e in errors["triton"].items() if e > 2e-2}
+    if bad:
+        raise RuntimeError(f"triton disagrees with the fp32 reference at N={n} H={h} Vd={v}: {bad}")
+    return errors
 
 
 def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_timeout=600):
@@ -120,8 +172,14 @@ def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_ti
         print(f"  {impl}: {r['seconds'] * 1e3:.1f} ms, peak {fmt_bytes(r['peak_bytes'])}", flush=True)
         rows.append({"case": title, "impl": impl, **r})
         if device == "cuda":
+            if impl.startswith("triton"):
+                from eagle_ext.ops.triton.linear_kl import chosen_configs
+
+                rows[-1]["autotune"] = chosen_configs()
+                print(f"  {impl} autotune: {rows[-1]['autotune']}", flush=True)
             torch.cuda.empty_cache()
-    ref = next((r for r in rows if r["impl"] == "reference"), None)
+    baseline = "eager_bf16" if device == "cuda" else "reference"
+    ref = next((r for r in rows if r["impl"] == baseline), None)
     flops_min = 6.0 * n * h * v * steps
     for r in rows:
         r["time_ms"] = r["seconds"] * 1e3
@@ -130,7 +188,9 @@ def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_ti
         r["time_vs_ref"] = r["seconds"] / ref["seconds"] if ref else float("nan")
         r["peak_vs_ref"] = r["peak_bytes"] / ref["peak_bytes"] if ref and ref["peak_bytes"] else float("nan")
         r["tflops_6nhv"] = flops_min / r["seconds"] / 1e12
-        r["tflops_executed"] = flops_min * (8 / 6 if r["impl"] == "triton" else 1.0) / r["seconds"] / 1e12
+        # the fused paths recompute the logits in backward: 4 GEMMs of N·H·Vd instead of 3
+        recompute = r["impl"] in ("triton", "triton_offset", "chunked")
+        r["tflops_executed"] = flops_min * (8 / 6 if recompute else 1.0) / r["seconds"] / 1e12
     return rows, notes
 
 
@@ -160,13 +220,16 @@ def main(argv=None):
         notes += skipped
     else:
         shape = dict(n=1024, h=512, v=4000) if args.quick else dict(n=8192, h=4096, v=32000)
-        impls = ["reference", "eager_native", "chunked", *compile_impl, "triton"]
+        correctness = check_correctness(**shape, dtype="bfloat16")
+        impls = ["eager_bf16", "reference", "chunked", *compile_impl, "triton"]
         for title, steps in (("cuda", 1), ("cuda_ttt7", 7)):
-            rows, skipped = bench(title, **shape, dtype="bfloat16", impls=impls, steps=steps, **common)
+            case_impls = impls + (["triton_offset"] if steps > 1 else [])
+            rows, skipped = bench(title, **shape, dtype="bfloat16", impls=case_impls, steps=steps, **common)
             results += rows
             notes += skipped
     print()
-    table = print_table(results, COLUMNS, title=f"fused_linear_kl fwd+bwd ({device}; ratios vs reference)")
+    baseline = "eager_bf16" if device == "cuda" else "reference"
+    table = print_table(results, COLUMNS, title=f"fused_linear_kl fwd+bwd ({device}; ratios vs {baseline})")
     for note in notes:
         print(note)
     write_results(
@@ -176,6 +239,8 @@ def main(argv=None):
             "notes": notes,
             "table": table,
             "flop_count": "6*N*H*Vd per call (3-GEMM lower bound)",
+            "ratio_baseline": baseline,
+            **({"correctness_max_rel_err_vs_fp32_reference": correctness} if device == "cuda" else {}),
         },
         device=device,
     )

@@ -1,4 +1,8 @@
-"""Direct COD BlockMask builders (torch and Triton) against create_block_mask, flex outputs and dense SDPA."""
+"""Direct COD BlockMask builders (torch and Triton) against create_block_mask, flex outputs and dense SDPA;
+padding to a flex bucket, element order, layering of ops."""
+
+import ast
+import pathlib
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from eagle_ext.ops import build_cod_block_mask
 from eagle_ext.ops.cod import generate_cod_sample_indices
 from eagle_ext.ops.cod_block_mask import BLOCK_MASK_TENSORS as TENSORS
 from eagle_ext.ops.cod_block_mask import cod_block_mask_reference
+from eagle_ext.ops.cod_mask import depth_major_order
 from eagle_ext.peagle.mask import cod_mask_mod, dense_cod_mask, document_ids_from_lengths
 
 
@@ -227,6 +232,88 @@ def test_triton_builder_general_layout_non_power_of_two_block():
     assert_same_block_mask(ours, cod_block_mask_reference(anchor, depth, doc, block_size=48))
 
 
+# ---------------------------------------------------------------- padding to a flex length bucket
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("lengths, width, block_size, pad_to", [
+    ([60, 41], 120, 64, 512),  # n ~ 350 -> 8 blocks, several of them all padding
+    ([30], 40, 16, 112),  # pad_to a multiple of the block size
+    ([30], 40, 16, 101),  # ...or not: the last block stays ragged
+])
+def test_padded_builder_equals_create_block_mask_of_the_padded_mask_mod(backend, lengths, width, block_size,
+                                                                        pad_to):
+    anchor, depth, doc = packed_cod_row(lengths, width, supervised=0.9, seed=pad_to)
+    n = anchor.numel()
+    assert n < pad_to
+    ours = build_cod_block_mask(anchor, depth, doc, block_size=block_size, backend=backend, pad_to=pad_to)
+    ref = cod_block_mask_reference(anchor, depth, doc, block_size=block_size, pad_to=pad_to)
+    assert ours.seq_lengths == (pad_to, pad_to)
+    assert_same_block_mask(ours, ref)
+    dense = torch.zeros(pad_to, pad_to, dtype=torch.bool)
+    dense[:n, :n] = dense_cod_mask(anchor, depth, doc)
+    assert_block_semantics(ours, dense)  # padded rows and columns are empty
+
+
+# ---------------------------------------------------------------- element order
+
+
+def test_permuted_indices_are_rejected_and_depth_major_order_restores_them():
+    """Unsorted indices (a user's, a dataloader worker's) would give a wrong BlockMask if built as they
+    are; the builder rejects them and ``depth_major_order`` gives the permutation after which the
+    BlockMask equals the dense mask of the same (permuted) elements."""
+    anchor, depth, doc = packed_cod_row([50, 37], 100, seed=2)
+    assert depth_major_order(anchor, depth, doc.numel()) is None
+    gen = torch.Generator().manual_seed(0)
+    shuffle = torch.randperm(anchor.numel(), generator=gen)
+    a, d = anchor[shuffle], depth[shuffle]
+    with pytest.raises(ValueError, match="depth-major COD order"):
+        build_cod_block_mask(a, d, doc, block_size=32)
+    perm = depth_major_order(a, d, doc.numel())
+    assert torch.equal(a[perm], anchor) and torch.equal(d[perm], depth)
+    ours = build_cod_block_mask(a[perm], d[perm], doc, block_size=32)
+    assert_block_semantics(ours, dense_cod_mask(a[perm], d[perm], doc))
+    # The dense mask follows the elements: permuting rows and columns back gives the shuffled one.
+    inverse = torch.argsort(perm)
+    assert torch.equal(dense_cod_mask(a[perm], d[perm], doc)[inverse][:, inverse], dense_cod_mask(a, d, doc))
+
+
+def test_depth_major_order_is_stable_and_rejects_repeated_pairs():
+    anchor, depth = torch.tensor([2, 0, 1, 0, 1]), torch.tensor([0, 1, 0, 0, 1])
+    perm = depth_major_order(anchor, depth, 3)
+    assert perm.tolist() == [3, 2, 0, 1, 4]
+    with pytest.raises(ValueError, match=r"COD element 3 repeats \(anchor, depth\) = \(0, 1\)"):
+        depth_major_order(torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]), 2)
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_ops_import_nothing_above_them():
+    """ops is the bottom layer: no module under eagle_ext/ops imports models, peagle, eagle3, data, train,
+    serve, offline or demo (the COD mask predicate lives in ops for that reason; peagle re-exports it)."""
+    import eagle_ext.ops as ops_pkg
+    import eagle_ext.peagle as peagle_pkg
+    import eagle_ext.peagle.mask as peagle_mask
+    from eagle_ext.ops import cod_mask
+
+    allowed = ("eagle_ext.ops", "eagle_ext._")
+    root = pathlib.Path(ops_pkg.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                if name.startswith("eagle_ext"):
+                    assert name == "eagle_ext" or name.startswith(allowed), f"{path.name} imports {name}"
+    for name in ("cod_mask_mod", "dense_cod_mask", "check_cod_inputs"):
+        assert getattr(peagle_mask, name) is getattr(cod_mask, name)
+    assert peagle_pkg.cod_mask_mod is cod_mask.cod_mask_mod
+
+
 # ---------------------------------------------------------------- flex attention outputs
 
 
@@ -289,8 +376,11 @@ def test_rejects_bad_backend_and_values(monkeypatch):
     with pytest.raises(ValueError, match="depth has shape"):
         build_cod_block_mask(anchor, depth[:2], doc)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+    with pytest.raises(ValueError, match="backend='triton' needs a CUDA device"):
         build_cod_block_mask(anchor, depth, doc, backend="triton")
+    for pad_to in (2, 3.0, True):
+        with pytest.raises(ValueError, match=r"pad_to must be an int >= the number of COD elements \(3\)"):
+            build_cod_block_mask(anchor, depth, doc, pad_to=pad_to)
 
 
 # ---------------------------------------------------------------- CUDA
@@ -328,3 +418,21 @@ def test_cuda_compiled_flex_forward_and_backward_match_reference_mask():
     assert torch.equal(ours_out[0], ref_out[0])
     for a, b in zip(ours_out[1:], ref_out[1:], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+def test_cuda_build_from_host_indices_makes_no_host_sync():
+    """The trainer's route: host indices, BlockMask on CUDA. After a warm-up (Triton compile) the build
+    must not synchronise at all, and still equal create_block_mask, padded or not."""
+    anchor, depth, doc = packed_cod_row([900, 1300, 700], 3200, seed=3)
+    n = anchor.numel()
+    for pad_to in (None, -(-n // 128) * 128 + 256):
+        build_cod_block_mask(anchor, depth, doc, device="cuda", pad_to=pad_to)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            ours = build_cod_block_mask(anchor, depth, doc, device="cuda", pad_to=pad_to)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        ref = cod_block_mask_reference(anchor.cuda(), depth.cuda(), doc.cuda(), pad_to=pad_to)
+        assert_same_block_mask(ours, ref)

@@ -264,3 +264,83 @@ def test_rope_reads_the_transformers4_config_layout_and_partial_rotary():
     cos, sin = RotaryEmbedding(partial)(torch.arange(3)[None])
     out = apply_rotary(x, cos, sin)
     assert torch.equal(out[..., 16:], x[..., 16:]) and not torch.allclose(out[..., :16], x[..., :16])
+
+
+# ---------------------------------------------------------------- row structure of the TTT unroll
+
+
+def _ttt_unroll(draft, ids, hidden, attention, seq_lens, steps):
+    cache = [[], []]
+    for _ in range(steps):
+        hidden = draft(ids, hidden, attention, None, cache, seq_lens)
+    return hidden
+
+
+def test_document_ids_are_built_once_per_unroll_on_the_host(monkeypatch):
+    """Per-batch work leaves the TTT unroll: seq_lens -> document ids runs at step 0 only (on a host copy),
+    a new unroll (or new tensors) rebuilds them, and the result equals a build at every step."""
+    import eagle_ext.models.draft as draft_module
+
+    calls = []
+    original = draft_module.document_ids_from_seq_lens
+
+    def counting(seq_lens, seq_len):
+        calls.append(seq_lens.device.type)
+        return original(seq_lens, seq_len)
+
+    monkeypatch.setattr(draft_module, "document_ids_from_seq_lens", counting)
+    draft = Eagle3DraftModel.from_target_config(_config(), 32)
+    g = torch.Generator().manual_seed(0)
+    b, t = 2, 12
+    ids = torch.randint(0, V, (b, t), generator=g)
+    hidden = torch.randn(b, t, H, generator=g)
+    attention = torch.ones(b, t, dtype=torch.long)
+    seq_lens = torch.tensor([[5, 7], [12, 0]])
+    out = _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3)
+    assert calls == ["cpu"]
+    _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3)
+    assert len(calls) == 2  # a new unroll starts at step 0 and rebuilds
+    _ttt_unroll(draft, ids, hidden, attention, seq_lens.clone(), 1)
+    assert len(calls) == 3
+    # Rebuilding at every step (what the cache saves) gives the same hidden states.
+    cache, rebuilt = [[], []], hidden
+    for _ in range(3):
+        draft._ttt_rows_cache = None
+        rebuilt = draft(ids, rebuilt, attention, None, cache, seq_lens)
+    torch.testing.assert_close(out, rebuilt, rtol=0, atol=0)
+
+
+def _sync_warnings_from(files, fn):
+    """Run ``fn`` under ``torch.cuda.set_sync_debug_mode("warn")``; return the sync warnings raised from a
+    line of one of ``files`` (path suffixes) and the total count."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchronizing" in str(w.message)]
+    ours = [f"{w.filename}:{w.lineno}" for w in syncs if w.filename.replace("\\", "/").endswith(files)]
+    return ours, len(syncs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq_lens_device", ["cpu", "cuda"])
+def test_ttt_unroll_has_no_host_sync_per_step(seq_lens_device):
+    draft = Eagle3DraftModel.from_target_config(_config(), 32).cuda()
+    b, t = 2, 300
+    ids = torch.randint(0, V, (b, t), device="cuda")
+    hidden = torch.randn(b, t, H, device="cuda", requires_grad=True)
+    attention = torch.ones(b, t, dtype=torch.long, device="cuda")
+    seq_lens = torch.tensor([[120, 180], [300, 0]], device=seq_lens_device)
+    _ttt_unroll(draft, ids, hidden, attention, seq_lens, 4).sum().backward()  # warm-up
+    files = ("models/draft.py", "models/attention.py", "models/masks.py", "models/rope.py")
+    ours, total = _sync_warnings_from(
+        files, lambda: _ttt_unroll(draft, ids, hidden, attention, seq_lens, 4).sum().backward()
+    )
+    # seq_lens on the host: none; on CUDA: one read-back per unroll (step 0), none per step.
+    assert len(ours) == (0 if seq_lens_device == "cpu" else 1), (ours, total)

@@ -70,6 +70,30 @@ def test_soft_ce_is_a_masked_mean_over_valid_positions():
     assert empty.loss.item() == 0.0 and empty.valid.item() == 0
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("k", [0, 1, 3, 6, 9])
+def test_step_loss_row_offset_equals_a_shifted_target(impl, k):
+    # the TTT unroll reads the step-0 target at slot t + k instead of shifting a copy k times; T = 6, so
+    # k = 6 and 9 leave no target at all (loss 0, nothing correct)
+    g = torch.Generator().manual_seed(k)
+    b, t, vd = 2, 6, 5
+    draft = _IdentityHead(vd)
+    hidden = torch.randn(b, t, vd, generator=g) * 3
+    probs = torch.softmax(torch.randn(b, t, vd, generator=g) * 2, -1)
+    mask = torch.rand(b, t, generator=g) < 0.8
+    shifted_probs, shifted_mask = probs, mask
+    for _ in range(k):
+        shifted_probs, shifted_mask = shift_left_with_zero(shifted_probs), shift_left_with_zero(shifted_mask)
+    expected = eagle3_step_loss(draft, hidden, shifted_probs, shifted_mask, loss_impl="reference")
+    got = eagle3_step_loss(draft, hidden, probs, shifted_mask, loss_impl=impl, row_offset=k)
+    torch.testing.assert_close(got.loss, expected.loss)
+    assert torch.equal(got.correct, expected.correct) and got.valid == expected.valid
+    if k >= t:
+        assert got.loss.item() == 0.0 and not got.correct.any()
+    with pytest.raises(ValueError, match="row_offset must be an int >= 0, got -1"):
+        eagle3_step_loss(draft, hidden, probs, mask, loss_impl=impl, row_offset=-1)
+
+
 def test_loss_impl_resolution():
     assert resolve_loss_impl("reference") == "reference"
     assert resolve_loss_impl("auto") in ("reference", "fused")

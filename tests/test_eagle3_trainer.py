@@ -1,5 +1,7 @@
 """Eagle3TrainerModule: TTT unroll oracles, packing parity and gating, supervision sources, counters."""
 
+import functools
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -275,7 +277,7 @@ def test_gradients_flow_through_the_unroll_but_not_into_frozen_embeddings():
 
 
 def test_fused_loss_matches_reference_loss_and_gradients():
-    pytest.importorskip("eagle_ext.ops.fused_linear_kl")
+    pytest.importorskip("eagle_ext.ops.linear_kl")
     batch = _batch(2, 11)
     results = {}
     for impl in ("reference", "fused"):
@@ -289,3 +291,67 @@ def test_fused_loss_matches_reference_loss_and_gradients():
     assert torch.equal(m_f.step_prefix_hits, m_r.step_prefix_hits) and m_f.valid_tokens == m_r.valid_tokens
     for name in g_r:
         torch.testing.assert_close(g_f[name], g_r[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("ttt, t", [(3, 11), (7, 5)], ids=["ttt3", "ttt7_past_row_end"])
+def test_fused_loss_matches_reference_with_row_offsets_past_the_row_end(ttt, t):
+    # ttt = 7 on rows of 5 slots: steps k >= T have no target left (the op's row offset reaches past the row)
+    batch = _batch(2, t, seed=4)
+    results = {}
+    for impl in ("reference", "fused"):
+        trainer = _trainer(ttt)
+        trainer.loss_impl = impl
+        metrics = trainer(**batch)
+        metrics.loss.backward()
+        results[impl] = (metrics, _grads(trainer))
+    (m_r, g_r), (m_f, g_f) = results["reference"], results["fused"]
+    torch.testing.assert_close(m_f.step_losses, m_r.step_losses, rtol=1e-5, atol=1e-6)
+    assert torch.equal(m_f.step_prefix_hits, m_r.step_prefix_hits) and torch.equal(m_f.step_valid, m_r.step_valid)
+    if ttt > t:
+        assert (m_f.step_losses[t:] == 0).all() and (m_f.step_valid[t:] == 0).all()
+    for name in g_r:
+        torch.testing.assert_close(g_f[name], g_r[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _vocab_wide_saved_bytes(trainer, batch, vd, h):
+    """Bytes of the distinct storages autograd keeps for backward that are vocab-wide (last dim Vd, or at
+    least Vd x H elements), measured with saved-tensor hooks over one forward + backward."""
+    storages = {}
+
+    def pack(x):
+        if x.dim() >= 1 and (x.shape[-1] == vd or x.numel() >= vd * h):
+            storage = x.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        metrics = trainer(**batch)
+    metrics.loss.backward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("path", ["chunked", "triton", "reference"])
+def test_vocab_wide_memory_kept_for_backward_does_not_grow_with_ttt_steps(path, monkeypatch):
+    # The fused op reads the step-0 target with a row offset (no shifted copy per step) and keeps only
+    # per-row statistics for its recompute backward, on the CPU (chunked) and the Triton path alike.
+    # The reference loss keeps fp32 [B, T, Vd] logits per step: the positive control of the measurement.
+    from eagle_ext.ops import linear_kl
+
+    if path == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setattr(linear_kl, "fused_linear_kl", functools.partial(linear_kl.fused_linear_kl, impl="triton"))
+    elif path == "chunked":
+        monkeypatch.setattr(linear_kl, "fused_linear_kl", functools.partial(linear_kl.fused_linear_kl, impl="chunked"))
+    batch = _batch(2, 9, vd=V)
+    draft = _trainer(1, vd=V).draft_model
+    saved = {}
+    for ttt in (1, 7):
+        trainer = _trainer(ttt, vd=V, draft=draft)
+        trainer.loss_impl = "reference" if path == "reference" else "fused"
+        saved[ttt] = _vocab_wide_saved_bytes(trainer, batch, V, H)
+        trainer.zero_grad()
+    assert saved[1] > 0  # the lm-head weight and the target distribution are there at any ttt
+    if path == "reference":
+        assert saved[7] > 2 * saved[1], saved
+    else:
+        assert saved[7] <= saved[1], saved

@@ -7,12 +7,22 @@ forward and several vocab chunks in backward.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
+import warnings
 
 import pytest
 import torch
 
-from eagle_ext.ops.fused_linear_kl import FusedLinearKLResult, fused_linear_kl, fused_linear_kl_reference
+from eagle_ext.ops import linear_kl
+from eagle_ext.ops.linear_kl import (
+    FusedLinearKLResult,
+    fused_linear_kl,
+    fused_linear_kl_reference,
+    matmul_allows_tf32,
+    triton_dot_dtype,
+)
 
 FUSED_IMPLS = ["chunked", "triton"]
 TOL = {torch.float32: dict(atol=1e-5, rtol=5e-4), torch.float16: dict(atol=2e-3, rtol=2e-3)}
@@ -172,9 +182,21 @@ def test_chunk_sizes(impl, chunk_size):
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
-def test_larger_tail_shape(impl):
-    hidden, weight, mask, target = make_case("random", n=64, h=96, v=300, seed=3)
+@pytest.mark.parametrize("n", [64, 300])
+def test_larger_tail_shape(impl, n):
+    # n = 300: 10 row blocks of 32, i.e. one full swizzle group of 8 row blocks and a partial one of 2
+    hidden, weight, mask, target = make_case("random", n=n, h=96, v=300, seed=3)
     assert_matches_reference(impl, hidden, weight, mask, target, mode="soft_ce")
+
+
+def test_forward_grid_covers_the_sms_for_any_autotuned_block():
+    triton_kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl")
+    for n, v, sms in [(8192, 32000, 132), (1000, 4001, 132), (64, 32000, 80), (100000, 128000, 132)]:
+        splits = triton_kernels.num_splits(n, v, sms)
+        for config in triton_kernels._FWD_CONFIGS:
+            programs = -(-n // config.kwargs["BLOCK_N"]) * splits
+            # either two programs per SM, or every split is already as narrow as it may be
+            assert programs >= 2 * sms or splits == -(-v // triton_kernels._SPLIT_ALIGN), (n, v, sms, config)
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
@@ -217,15 +239,135 @@ def test_partial_grads_no_grad_and_int_mask(impl):
     torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
 
 
-def test_mixed_dtypes_promote_and_return_input_dtypes():
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("narrow", ["hidden", "weight"])
+def test_mixed_dtypes_promote_and_return_input_dtypes(impl, narrow):
+    # bf16 hidden + fp32 master weight, and the reverse (the Triton kernel casts weight tiles itself)
     hidden, weight, mask, target = make_case("random")
-    h = hidden.to(torch.bfloat16).requires_grad_()
-    w = weight.clone().requires_grad_()  # fp32 "master" weight
-    res = fused_linear_kl(h, w, mask, **target, impl="chunked")
-    res.loss.backward()
-    ref = fused_linear_kl_reference(h.detach(), weight, mask, **target)
+    if narrow == "hidden":
+        hidden = hidden.to(torch.bfloat16)
+    else:
+        weight = weight.to(torch.bfloat16)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    res = fused_linear_kl(h, w, mask, **target, impl=impl)
+    (res.loss * GRAD_SCALE).backward()
+    ref, ref_dh, ref_dw = run("reference", hidden, weight, mask, target, mode="soft_ce")
     torch.testing.assert_close(res.loss, ref.loss, atol=1e-5, rtol=5e-4)
-    assert h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    assert h.grad.dtype == hidden.dtype and w.grad.dtype == weight.dtype
+    torch.testing.assert_close(h.grad.float(), ref_dh.float(), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(w.grad.float(), ref_dw.float(), atol=1e-2, rtol=1e-2)
+
+
+def _shifted_oracle(target, mask, k, seq_len):
+    """What a TTT step k sees when the target and mask are shifted left k times per sequence (zero fill)."""
+    n, v = target.shape
+    t3 = target.view(n // seq_len, seq_len, v)
+    shifted = torch.zeros_like(t3)
+    shifted[:, : max(seq_len - k, 0)] = t3[:, k:]
+    valid = (torch.arange(seq_len) + k < seq_len).repeat(n // seq_len)
+    return shifted.view(n, v), mask & valid
+
+
+@pytest.mark.parametrize("impl", ["reference", *FUSED_IMPLS])
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+@pytest.mark.parametrize(("k", "seq_len"), [(1, 13), (5, 13), (20, 13), (4, None)])
+def test_row_offset_equals_a_shifted_zero_filled_target(impl, logits, k, seq_len):
+    # 3 sequences of 13 rows (N = 39); k >= 13 leaves no target; seq_len None: one sequence of 39 rows.
+    # chunked: 16-row chunks, so chunks straddle both sequence ends and the end of the target
+    hidden, weight, mask, target = make_case("random", n=39, logits=logits, seed=k)
+    (name, t), = target.items()
+    shifted, shifted_mask = _shifted_oracle(t, mask, k, seq_len or 39)
+    ref, ref_dh, ref_dw = run("reference", hidden, weight, shifted_mask, {name: shifted}, mode="kl")
+    kwargs = dict(chunk_size=16) if impl == "chunked" else {}
+    res, dh, dw = run(impl, hidden, weight, mask, target, mode="kl", row_offset=k, seq_len=seq_len, **kwargs)
+    torch.testing.assert_close(res.loss, ref.loss, **TOL[torch.float32])
+    torch.testing.assert_close(dh, ref_dh, **TOL[torch.float32])
+    torch.testing.assert_close(dw, ref_dw, **TOL[torch.float32])
+    assert torch.equal(res.draft_argmax, ref.draft_argmax)
+    assert torch.equal(res.target_argmax, ref.target_argmax)  # 0 where the zero-filled target has no row
+    if k >= (seq_len or 39):
+        assert res.loss.item() == 0.0 and not dh.any() and not dw.any() and not res.target_argmax.any()
+
+
+def test_row_offset_does_not_touch_the_target():
+    hidden, weight, mask, target = make_case("random", n=39, logits=True)
+    before = target["target_logits"].clone()
+    for impl in FUSED_IMPLS:
+        run(impl, hidden, weight, mask, target, mode="kl", row_offset=3, seq_len=13)
+    assert torch.equal(target["target_logits"], before)
+
+
+def test_matmul_allows_tf32_reads_both_apis_and_never_raises():
+    ns = types.SimpleNamespace
+
+    def backends(matmul_precision=None, cuda_precision=None, all_precision=None, allow_tf32=None):
+        matmul = ns()
+        if matmul_precision is not None:
+            matmul.fp32_precision = matmul_precision
+        if allow_tf32 is not None:
+            matmul.allow_tf32 = allow_tf32
+        cuda = ns(matmul=matmul)
+        if cuda_precision is not None:
+            cuda.fp32_precision = cuda_precision
+        root = ns(cuda=cuda)
+        if all_precision is not None:
+            root.fp32_precision = all_precision
+        return root
+
+    # torch >= 2.9: the new API wins; "none" inherits from torch.backends.cuda, then torch.backends
+    assert matmul_allows_tf32(backends("tf32", allow_tf32=False)) is True
+    assert matmul_allows_tf32(backends("ieee", allow_tf32=True)) is False
+    assert matmul_allows_tf32(backends("none", cuda_precision="tf32")) is True
+    assert matmul_allows_tf32(backends("none", cuda_precision="none", all_precision="ieee", allow_tf32=True)) is False
+    # nothing set anywhere, or older torch without fp32_precision: the legacy flag
+    assert matmul_allows_tf32(backends("none", "none", "none", allow_tf32=True)) is True
+    assert matmul_allows_tf32(backends(allow_tf32=True)) is True
+    assert matmul_allows_tf32(backends(allow_tf32=False)) is False
+
+    class Raising:  # torch >= 2.9 raises on allow_tf32 once fp32_precision has been set
+        fp32_precision = "none"
+
+        @property
+        def allow_tf32(self):
+            raise RuntimeError("mixing legacy and new precision APIs")
+
+    class RaisingPrecision:
+        @property
+        def fp32_precision(self):
+            raise RuntimeError("broken")
+
+        allow_tf32 = True
+
+    assert matmul_allows_tf32(ns(cuda=ns(matmul=Raising()))) is False
+    assert matmul_allows_tf32(ns(cuda=ns(matmul=RaisingPrecision()))) is True
+    assert matmul_allows_tf32(ns()) is False
+    assert isinstance(matmul_allows_tf32(), bool)  # the real torch.backends
+
+
+@pytest.mark.parametrize(
+    ("hidden", "weight", "autocast", "tf32", "expected"),
+    [
+        (torch.bfloat16, torch.bfloat16, None, False, (torch.bfloat16, False)),
+        (torch.float16, torch.float16, torch.bfloat16, False, (torch.float16, False)),
+        # fp32 master weight with bf16 activations, fp32 RMSNorm output: autocast dtype under autocast
+        (torch.bfloat16, torch.float32, torch.bfloat16, False, (torch.bfloat16, False)),
+        (torch.float32, torch.float32, torch.float16, False, (torch.float16, False)),
+        # outside autocast fp32 stays fp32: fine with TF32, a warning without
+        (torch.bfloat16, torch.float32, None, True, (torch.float32, False)),
+        (torch.float32, torch.float32, None, False, (torch.float32, True)),
+    ],
+)
+def test_triton_dot_dtype_decision(hidden, weight, autocast, tf32, expected):
+    assert triton_dot_dtype(hidden, weight, autocast_dtype=autocast, tf32=tf32) == expected
+
+
+def test_fp32_dot_warning_is_issued_once(monkeypatch):
+    monkeypatch.setattr(linear_kl, "_warned_fp32_dot", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            linear_kl._warn_fp32_dot_once()
+    assert len(caught) == 1 and "without tensor cores" in str(caught[0].message)
 
 
 def test_targets_get_no_gradient():
@@ -269,6 +411,14 @@ def _bad_calls():
             ValueError,
             "chunk_size must be >= 1",
         ),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, row_offset=-1), ValueError, "row_offset must be >= 0, got -1"),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, row_offset=1.0), TypeError, "row_offset must be an int"),
+        (
+            dict(hidden=h, weight=w, mask=m, target_probs=p, row_offset=1, seq_len=3),
+            ValueError,
+            "seq_len must divide N = hidden.shape.0. = 4, got seq_len=3",
+        ),
+        (dict(hidden=h, weight=w, mask=m, target_probs=p, seq_len=0), ValueError, "seq_len must be >= 1, got 0"),
     ]
 
 
@@ -303,15 +453,36 @@ def test_gpu_bf16_parity(mode, logits):
         assert torch.equal(res.target_argmax, ref.target_argmax)
 
 
+@contextlib.contextmanager
+def _cuda_tf32(enabled: bool):
+    """Set TF32 for CUDA fp32 matmuls through the torch >= 2.9 API when present, else the legacy flag."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        prev = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        new_api = True
+    except (AttributeError, RuntimeError):
+        prev, new_api = matmul.allow_tf32, False
+        matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        if new_api:
+            matmul.fp32_precision = prev
+        else:
+            matmul.allow_tf32 = prev
+
+
 @pytest.mark.gpu
-def test_gpu_fp32_parity_and_ttt_reuse():
+def test_gpu_fp32_parity_and_ttt_reuse(monkeypatch):
     dev = torch.device("cuda")
     hidden, weight, mask, target = make_case("unnormalised", n=777, h=300, v=5000)
     hidden, weight, mask = hidden.to(dev), weight.to(dev), mask.to(dev)
     target = {k: t.to(dev) for k, t in target.items()}
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    monkeypatch.setattr(linear_kl, "_warned_fp32_dot", False)
+    with _cuda_tf32(False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert matmul_allows_tf32() is False
         # 3 TTT-like steps reusing one weight: gradients accumulate across calls exactly like the reference
         grads = {}
         for impl in ["reference", "triton"]:
@@ -324,5 +495,46 @@ def test_gpu_fp32_parity_and_ttt_reuse():
             grads[impl] = (total.detach(), w.grad)
         torch.testing.assert_close(grads["triton"][0], grads["reference"][0], atol=1e-4, rtol=5e-4)
         torch.testing.assert_close(grads["triton"][1], grads["reference"][1], atol=1e-4, rtol=5e-4)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
+    # fp32 outside autocast without TF32: one warning for the three calls
+    assert sum("without tensor cores" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_gpu_mid_shape_with_row_offset(dtype, logits):
+    # mid shape (several backward chunks, several swizzle groups, a split forward grid), 4 sequences of 250
+    # rows read at row offset 3, against the fp32 reference on the shifted target
+    dev = torch.device("cuda")
+    hidden, weight, mask, target = make_case("random", n=1000, h=520, v=4001, dtype=dtype, logits=logits, seed=7)
+    (name, t), = target.items()
+    shifted, shifted_mask = _shifted_oracle(t, mask, 3, 250)
+    hidden, weight, mask, shifted_mask = hidden.to(dev), weight.to(dev), mask.to(dev), shifted_mask.to(dev)
+    with _cuda_tf32(False):
+        ref, ref_dh, ref_dw = run("reference", hidden, weight, shifted_mask, {name: shifted.to(dev)}, mode="kl")
+        res, dh, dw = run("triton", hidden, weight, mask, {name: t.to(dev)}, mode="kl", row_offset=3, seq_len=250)
+    tol = dict(atol=1e-4, rtol=5e-4) if dtype == torch.float32 else dict(atol=5e-3, rtol=5e-2)
+    torch.testing.assert_close(res.loss, ref.loss, **(tol if dtype == torch.float32 else dict(atol=5e-3, rtol=1e-3)))
+    torch.testing.assert_close(dh.float(), ref_dh.float(), **tol)
+    torch.testing.assert_close(dw.float(), ref_dw.float(), **tol)
+    assert torch.equal(res.target_argmax, ref.target_argmax)
+    assert (res.draft_argmax == ref.draft_argmax).float().mean() > 0.99
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_runs_fp32_inputs_in_bf16_without_copying_the_weight(monkeypatch):
+    # fp32 master weight and fp32 (RMSNorm) hidden under bf16 autocast: the kernel casts tiles to bf16
+    dev = torch.device("cuda")
+    hidden, weight, mask, target = make_case("random", n=1000, h=520, v=4001, seed=9)
+    hidden, weight, mask = hidden.to(dev), weight.to(dev), mask.to(dev)
+    target = {k: t.to(dev) for k, t in target.items()}
+    ref, ref_dh, ref_dw = run("reference", hidden.bfloat16(), weight.bfloat16(), mask, target, mode="soft_ce")
+    monkeypatch.setattr(linear_kl, "_warned_fp32_dot", False)
+    with torch.autocast("cuda", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res, dh, dw = run("triton", hidden, weight, mask, target, mode="soft_ce")
+    assert not any("without tensor cores" in str(w.message) for w in caught)
+    assert dh.dtype == torch.float32 and dw.dtype == torch.float32
+    torch.testing.assert_close(res.loss, ref.loss, atol=5e-3, rtol=1e-3)
+    torch.testing.assert_close(dh, ref_dh.float(), atol=5e-3, rtol=5e-2)
+    torch.testing.assert_close(dw, ref_dw.float(), atol=5e-3, rtol=5e-2)

@@ -306,8 +306,35 @@ def test_bad_cod_indices_rejected():
         trainer(**batch, cod_indices=[])
     with pytest.raises(ValueError, match="anchor \\+ depth < 10"):
         trainer(**batch, cod_indices=[(torch.tensor([9]), torch.tensor([1]))])
-    with pytest.raises(ValueError, match="depth-major"):
-        trainer(**batch, cod_indices=[(torch.tensor([3, 2]), torch.tensor([1, 0]))])
+    with pytest.raises(ValueError, match=r"cod_indices\[0\]: COD element 2 repeats \(anchor, depth\) = \(3, 0\)"):
+        trainer(**batch, cod_indices=[(torch.tensor([3, 4, 3]), torch.tensor([0, 0, 0]))])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_permuted_cod_indices_give_the_same_loss_on_the_dense_and_flex_paths():
+    """Indices in any order (a user's, a dataloader worker's) are put in depth-major order before ids,
+    hidden states, targets and the mask are built from them, so the flex path's BlockMask (which needs
+    that order) agrees with the dense path and with the sorted indices. Flex runs forward-only on CPU."""
+    trainer = _trainer(block_size=16)
+    batch = _batch(t=30)
+    cod = _flat_cod(trainer, batch)
+    gen = torch.Generator().manual_seed(5)
+    shuffled = []
+    for anchor, depth in cod:
+        perm = torch.randperm(anchor.numel(), generator=gen)
+        shuffled.append((anchor[perm], depth[perm]))
+    assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(shuffled, cod, strict=True))
+    with torch.no_grad():
+        trainer.attention = "dense"
+        sorted_dense = trainer(**batch, cod_indices=cod)
+        shuffled_dense = trainer(**batch, cod_indices=shuffled)
+        trainer.attention = "flex"
+        shuffled_flex = trainer(**batch, cod_indices=shuffled)
+    torch.testing.assert_close(shuffled_dense.loss, sorted_dense.loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(shuffled_flex.loss, sorted_dense.loss, rtol=1e-5, atol=1e-6)
+    assert torch.equal(shuffled_flex.depth_valid, sorted_dense.depth_valid)
+    assert torch.equal(shuffled_flex.depth_correct, sorted_dense.depth_correct)
+    torch.testing.assert_close(_reference_loss(trainer, batch, cod), sorted_dense.loss.detach())
 
 
 @pytest.mark.gpu
@@ -326,6 +353,33 @@ def test_flex_path_matches_dense_on_gpu():
     torch.testing.assert_close(flex.loss, dense.loss, rtol=1e-4, atol=1e-5)
     for name, g in _grads(trainer).items():
         torch.testing.assert_close(g, dense_grads[name], rtol=2e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+def test_flat_step_reads_the_masks_back_once_and_syncs_nowhere_else_in_our_code():
+    import warnings
+
+    trainer = _trainer(loss_impl="auto").cuda()
+    batch = {k: v.cuda() for k, v in _batch(t=160).items()}
+    cod = _flat_cod(trainer, batch)
+    assert all(a.is_cpu for a, _ in cod)  # host indices, as dataloader workers make them
+    trainer(**batch, cod_indices=cod).loss.backward()  # warm-up: flex compile, Triton autotune
+    files = ("peagle/trainer.py", "ops/cod_block_mask.py", "ops/cod_mask.py", "ops/cod.py",
+             "models/attention.py", "models/draft.py")
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer(**batch, cod_indices=cod).loss.backward()
+            plan = trainer.build_peagle_plan(batch["loss_mask"], batch["attention_mask"], num_segments=2)
+            run_partitioned_step(trainer, plan, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchronizing" in str(w.message)]
+    ours = [f"{w.filename}:{w.lineno}" for w in syncs if w.filename.replace("\\", "/").endswith(files)]
+    # One mask read-back in forward, one in build_peagle_plan; none per row, segment or backward.
+    assert len(ours) == 2, (ours, len(syncs))
 
 
 def test_cod_sampler_uses_document_ids_of_the_row():

@@ -1,16 +1,23 @@
-"""TTT attention: the memory-lean kernel against the eager reference, and both against plain attention."""
+"""TTT attention: the memory-lean kernel against the eager reference, both against plain attention and
+against fp64 on bf16 inputs; masked (P-EAGLE) attention with flex length buckets."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from eagle_ext.models.attention import (
+    FLEX_RECOMPILE_LIMIT,
+    flex_bucket_length,
     masked_attention,
     ttt_attention,
     ttt_attention_lean,
     ttt_attention_reference,
 )
 from eagle_ext.models.masks import block_causal_visibility, document_ids_from_seq_lens
+from eagle_ext.ops.cod import generate_cod_sample_indices
+from eagle_ext.ops.cod_block_mask import build_cod_block_mask
+from eagle_ext.ops.cod_mask import dense_cod_mask
+from eagle_ext.peagle.mask import document_ids_from_lengths
 
 
 def _inputs(b, hq, hkv, t, d, steps, dtype=torch.float32, seed=0):
@@ -203,23 +210,208 @@ def test_masked_attention_dense_matches_flex_forward_and_zeroes_empty_rows():
         masked_attention(q, k, v, "causal")
 
 
+# ---------------------------------------------------------------- bf16 precision
+
+
+def _peaked_bf16(b, hq, hkv, t, d, steps, seed=0):
+    """bf16 inputs whose softmax rows are peaked (scores of std ~ 9 after scaling) and whose values share
+    an offset, so that dP = dO V^T is large next to dP - rowsum(P * dP): the two places where rounding
+    to bf16 hurts."""
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(b, hq, t, d, generator=g) * 3).bfloat16()
+    keys = [(torch.randn(b, hkv, t, d, generator=g) * 3).bfloat16() for _ in range(steps + 1)]
+    values = [(torch.randn(b, hkv, t, d, generator=g) + 4).bfloat16() for _ in range(steps + 1)]
+    upstream = torch.randn(b, hq, t, d, generator=g).bfloat16()
+    return q, keys, values, upstream
+
+
+def _max_rel(x, ref):
+    return ((x.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+BF16_TOL = 6e-3  # measured: 0.2-0.4 % here; rounding scores or dP to bf16 gives 1-3 % (next test)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("implementation", ["lean", "eager"])
+def test_bf16_inputs_match_an_fp64_reference_on_peaked_rows(implementation, autocast):
+    """Also under bf16 autocast, which would otherwise cast the fp32 score products back down."""
+    b, hq, hkv, t, d, steps = 1, 4, 2, 40, 64, 2
+    q, keys, values, upstream = _peaked_bf16(b, hq, hkv, t, d, steps)
+    exact = [x.double().requires_grad_() for x in (q, *keys, *values)]
+    ref = ttt_attention_reference(exact[0], exact[1 : steps + 2], exact[steps + 2 :])
+    ref_grads = torch.autograd.grad(ref, exact, upstream.double())
+    ours = [x.clone().requires_grad_() for x in (q, *keys, *values)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = ttt_attention(ours[0], ours[1 : steps + 2], ours[steps + 2 :], implementation=implementation,
+                            query_chunk_size=16)
+    grads = torch.autograd.grad(out, ours, upstream)  # backward outside autocast, as recommended
+    assert out.dtype == torch.bfloat16
+    assert _max_rel(out, ref) < BF16_TOL
+    for name, g_ours, g_ref in zip(["q", "k0", "k1", "k2", "v0", "v1", "v2"], grads, ref_grads, strict=True):
+        assert _max_rel(g_ours, g_ref) < BF16_TOL, name
+
+
+def test_bf16_rounded_scores_and_dp_fail_that_tolerance():
+    """The previous kernel rounded QK^T and dP to bf16 (and took rowsum(dO * O) from the bf16 output):
+    written out here for step 0, it misses BF16_TOL on the same inputs the kernels meet it on."""
+    b, h, t, d = 1, 2, 40, 64
+    q, keys, values, upstream = _peaked_bf16(b, h, h, t, d, 0)
+    k, v = keys[0], values[0]
+    exact = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = ttt_attention_reference(exact[0], [exact[1]], [exact[2]])
+    ref_dq = torch.autograd.grad(ref, exact[0], upstream.double())[0]
+
+    scale = d**-0.5
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    probs = ((q @ k.transpose(-1, -2)).float() * scale).masked_fill(~causal, float("-inf")).softmax(-1)
+    out_rounded = probs.bfloat16() @ v
+    dp = (upstream @ v.transpose(-1, -2)).float()
+    delta = (upstream.float() * out_rounded.float()).sum(-1, keepdim=True)
+    dq_rounded = (probs * (dp - delta) * scale).bfloat16() @ k
+    assert _max_rel(out_rounded, ref) > BF16_TOL
+    assert _max_rel(dq_rounded, ref_dq) > BF16_TOL
+
+    qb = q.clone().requires_grad_()
+    out = ttt_attention_lean(qb, [k], [v], query_chunk_size=16)
+    assert _max_rel(out, ref) < BF16_TOL
+    assert _max_rel(torch.autograd.grad(out, qb, upstream)[0], ref_dq) < BF16_TOL
+
+
+def test_host_copy_of_doc_ids_gives_the_same_result_and_is_checked():
+    b, hq, hkv, t, d, steps = 2, 4, 2, 13, 8, 1
+    doc_ids, key_valid = LAYOUTS["packed"](b, t)
+    q, keys, values = _inputs(b, hq, hkv, t, d, steps)
+    plain = ttt_attention_lean(q, keys, values, doc_ids=doc_ids, key_valid=key_valid, query_chunk_size=4)
+    hosted = ttt_attention_lean(q, keys, values, doc_ids=doc_ids, key_valid=key_valid, query_chunk_size=4,
+                                doc_ids_host=doc_ids.clone())
+    assert torch.equal(plain, hosted)
+    with pytest.raises(ValueError, match="doc_ids_host must be a CPU copy of doc_ids"):
+        ttt_attention_lean(q, keys, values, doc_ids=doc_ids, doc_ids_host=doc_ids[:1])
+    with pytest.raises(ValueError, match="without doc_ids"):
+        ttt_attention_lean(q, keys, values, doc_ids_host=doc_ids)
+
+
+# ---------------------------------------------------------------- flex length buckets
+
+
+def test_flex_bucket_length_ladder():
+    ladder = [flex_bucket_length(n, 128) for n in (1, 128, 129, 256, 257, 384, 385, 512, 513, 769, 1025, 1537)]
+    assert ladder == [128, 128, 256, 256, 384, 384, 512, 512, 768, 1024, 1536, 2048]
+    assert flex_bucket_length(100, 16) == 128 and flex_bucket_length(16 * 5, 16) == 96
+    # Every n up to 64k at block 128 lands on one of 18 lengths, well under the recompile limit.
+    buckets = {flex_bucket_length(n, 128) for n in range(1, 65537, 7)}
+    assert len(buckets) == 18 < FLEX_RECOMPILE_LIMIT
+    for n in range(1, 3000, 37):
+        bucket = flex_bucket_length(n, 64)
+        assert bucket >= n and bucket % 64 == 0 and bucket <= max(128, 1.5 * -(-n // 64) * 64)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            flex_bucket_length(bad)
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        flex_bucket_length(10, 0)
+
+
+def _cod_layout(lengths, width, seed):
+    doc = document_ids_from_lengths(lengths, width)
+    loss_mask = (doc >= 0).long()
+    anchor, depth = generate_cod_sample_indices(width, loss_mask, 4, document_ids=doc, seed=seed)
+    return anchor, depth, doc
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_flex_on_a_padded_block_mask_equals_the_unpadded_dense_path(block_size):
+    """Padding to the bucket (padded elements in no document) changes nothing: the flex forward (CPU,
+    eager) on the padded BlockMask equals the dense-mask path at the real length."""
+    anchor, depth, doc = _cod_layout([20, 13], 40, seed=3)
+    n = anchor.numel()
+    bucket = flex_bucket_length(n, block_size)
+    assert bucket > n
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, n, 16, generator=g)
+    k, v = (torch.randn(1, 2, n, 16, generator=g) for _ in range(2))
+    padded = build_cod_block_mask(anchor, depth, doc, block_size=block_size, pad_to=bucket)
+    assert padded.seq_lengths == (bucket, bucket)
+    out = masked_attention(q, k, v, padded)
+    assert out.shape == q.shape
+    dense = masked_attention(q, k, v, dense_cod_mask(anchor, depth, doc)[None, None])
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+    exact = build_cod_block_mask(anchor, depth, doc, block_size=block_size)
+    torch.testing.assert_close(out, masked_attention(q, k, v, exact), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="at least the sequence length n"):
+        masked_attention(torch.randn(1, 4, bucket + 1, 16), torch.randn(1, 2, bucket + 1, 16),
+                         torch.randn(1, 2, bucket + 1, 16), padded)
+
+
+# ---------------------------------------------------------------- CUDA
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 3e-2)])
-def test_lean_matches_eager_on_cuda(dtype, tol):
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, BF16_TOL)])
+def test_lean_and_eager_match_fp64_on_cuda(dtype, tol):
     b, hq, hkv, t, d, steps = 2, 8, 2, 300, 64, 3
     doc_ids, key_valid = LAYOUTS["packed"](b, t)
-    q, keys, values = _inputs(b, hq, hkv, t, d, steps, dtype=dtype)
-    q, keys, values = (
-        q.detach().cuda().requires_grad_(),
-        [k.detach().cuda().requires_grad_() for k in keys],
-        [v.detach().cuda().requires_grad_() for v in values],
-    )
+    q, keys, values, upstream = _peaked_bf16(b, hq, hkv, t, d, steps)
+    exact = [x.double().cuda().requires_grad_() for x in (q, *keys, *values)]
     doc_ids, key_valid = doc_ids.cuda(), key_valid.cuda()
-    tensors = [q, *keys, *values]
-    ref = ttt_attention_reference(q, keys, values, doc_ids=doc_ids, key_valid=key_valid)
-    lean = ttt_attention_lean(q, keys, values, doc_ids=doc_ids, key_valid=key_valid, query_chunk_size=64)
-    torch.testing.assert_close(lean.float(), ref.float(), rtol=tol, atol=tol)
-    upstream = torch.randn_like(ref)
-    for g_lean, g_ref in zip(torch.autograd.grad(lean, tensors, upstream), torch.autograd.grad(ref, tensors, upstream),
-                             strict=True):
-        torch.testing.assert_close(g_lean.float(), g_ref.float(), rtol=tol, atol=tol)
+    upstream = upstream.cuda()
+    ref = ttt_attention_reference(exact[0], exact[1 : steps + 2], exact[steps + 2 :], doc_ids=doc_ids,
+                                  key_valid=key_valid)
+    ref_grads = torch.autograd.grad(ref, exact, upstream.double())
+    for implementation in ("lean", "eager"):
+        ours = [x.detach().to(dtype).requires_grad_() for x in exact]
+        out = ttt_attention(ours[0], ours[1 : steps + 2], ours[steps + 2 :], doc_ids=doc_ids,
+                            key_valid=key_valid, implementation=implementation, query_chunk_size=64,
+                            doc_ids_host=doc_ids.cpu())
+        assert _max_rel(out, ref) < tol, implementation
+        for g_ours, g_ref in zip(torch.autograd.grad(out, ours, upstream.to(dtype)), ref_grads, strict=True):
+            assert _max_rel(g_ours, g_ref) < tol, implementation
+
+
+@pytest.mark.gpu
+def test_compiled_flex_compiles_at_most_once_per_bucket_over_ten_lengths():
+    from torch._dynamo.utils import counters
+
+    widths = [150, 160, 170, 185, 200, 215, 230, 250, 270, 290]
+    layouts = [_cod_layout([w // 2, w // 3], w, seed=w) for w in widths]
+    lengths = [a.numel() for a, _, _ in layouts]
+    assert len(set(lengths)) == 10
+    buckets = {flex_bucket_length(n) for n in lengths}
+    torch._dynamo.reset()
+    counters.clear()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for (anchor, depth, doc), n in zip(layouts, lengths, strict=True):
+        block_mask = build_cod_block_mask(anchor, depth, doc, pad_to=flex_bucket_length(n), device="cuda")
+        q = torch.randn(1, 4, n, 64, device="cuda", generator=gen, dtype=torch.bfloat16, requires_grad=True)
+        k, v = (torch.randn(1, 2, n, 64, device="cuda", generator=gen, dtype=torch.bfloat16,
+                            requires_grad=True) for _ in range(2))
+        out = masked_attention(q, k, v, block_mask)
+        out.float().square().sum().backward()
+        assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+        dense = masked_attention(q.detach().float(), k.detach().float(), v.detach().float(),
+                                 dense_cod_mask(anchor, depth, doc).cuda()[None, None])
+        torch.testing.assert_close(out.float(), dense, rtol=3e-2, atol=3e-2)
+    compiles = counters["stats"]["unique_graphs"]
+    assert 1 <= compiles <= len(buckets) < len(lengths), (compiles, sorted(buckets))
+
+
+@pytest.mark.gpu
+def test_a_recompile_limit_hit_is_an_error_not_an_eager_fallback(monkeypatch):
+    import torch._dynamo.config as dynamo_config
+
+    from eagle_ext.models import attention
+
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    fail = "fail_on_recompile_limit_hit" if hasattr(dynamo_config, "fail_on_recompile_limit_hit") else (
+        "fail_on_cache_limit_hit")
+    monkeypatch.setattr(attention, "_flex_compile_settings", lambda: {limit: 1, fail: True})
+    torch._dynamo.reset()
+    anchor, depth, doc = _cod_layout([60, 40], 120, seed=0)
+    n = anchor.numel()
+    block_mask = build_cod_block_mask(anchor, depth, doc, pad_to=flex_bucket_length(n), device="cuda")
+    q, k, v = (torch.randn(1, 2, n, 64, device="cuda") for _ in range(3))
+    masked_attention(q, k, v, block_mask)
+    with pytest.raises(RuntimeError, match="recompile limit"):  # a new dtype forces a second compile
+        masked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block_mask)
+    torch._dynamo.reset()

@@ -8,7 +8,7 @@ Two implementations with the same result:
 - ``"fused"``: :func:`eagle_ext.ops.fused_linear_kl` on ``(lm_head_input(h), lm_head.weight)``, which
   never materialises the ``[N, Vd]`` logits.
 
-``"auto"`` picks ``"fused"`` when ``eagle_ext.ops.fused_linear_kl`` imports, else ``"reference"``.
+``"auto"`` picks ``"fused"`` when ``eagle_ext.ops.linear_kl`` imports, else ``"reference"``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 __all__ = ["LOSS_IMPLEMENTATIONS", "Eagle3StepLoss", "resolve_loss_impl", "eagle3_step_loss"]
 
 LOSS_IMPLEMENTATIONS = ("auto", "reference", "fused")
-_FUSED_MODULE = "eagle_ext.ops.fused_linear_kl"
+_FUSED_MODULE = "eagle_ext.ops.linear_kl"
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Eagle3StepLoss:
 
 
 def resolve_loss_impl(loss_impl: str) -> str:
-    """Map ``"auto"`` to ``"fused"`` (if ``eagle_ext.ops.fused_linear_kl`` imports) or ``"reference"``.
+    """Map ``"auto"`` to ``"fused"`` (if ``eagle_ext.ops.linear_kl`` imports) or ``"reference"``.
 
     Raises:
         ValueError: ``loss_impl`` not in ``("auto", "reference", "fused")``.
@@ -67,6 +67,7 @@ def eagle3_step_loss(
     position_mask: torch.Tensor,
     *,
     loss_impl: str = "reference",
+    row_offset: int = 0,
 ) -> Eagle3StepLoss:
     """Masked soft-CE loss of one TTT step and its greedy-match counts.
 
@@ -75,8 +76,12 @@ def eagle3_step_loss(
         hidden: ``[B, T, H]`` draft output of this step.
         target_probs: fp32 ``[B, T, Vd]`` target distribution over the draft vocab (rows may be
             unnormalised or zero where not supervised).
-        position_mask: bool ``[B, T]`` supervised positions.
+        position_mask: bool ``[B, T]`` supervised positions (of this step: already shifted).
         loss_impl: ``"reference"``, ``"fused"`` or ``"auto"``.
+        row_offset: int ``k >= 0``: slot ``t`` is scored against ``target_probs[:, t + k]`` (zeros for
+            ``t + k >= T``), i.e. the target shifted left ``k`` times with zero fill, read in place. The
+            TTT unroll passes its step-0 target and ``k`` instead of a shifted copy per step, so the
+            vocab-wide memory kept for backward does not grow with the number of steps.
 
     Returns:
         :class:`Eagle3StepLoss` (loss fp32 ``sum / max(valid, 1)``).
@@ -91,11 +96,13 @@ def eagle3_step_loss(
         raise ValueError(f"target_probs must have shape [B, T, Vd] = {[b, t, vd]}, got {list(target_probs.shape)}")
     if tuple(position_mask.shape) != (b, t):
         raise ValueError(f"position_mask must have shape [B, T] = {[b, t]}, got {list(position_mask.shape)}")
+    if isinstance(row_offset, bool) or not isinstance(row_offset, int) or row_offset < 0:
+        raise ValueError(f"row_offset must be an int >= 0, got {row_offset!r}")
     mask = position_mask.to(torch.bool)
     valid = mask.sum(dtype=torch.int64)
     denominator = valid.clamp_min(1).to(torch.float32)
     if impl == "fused":
-        from eagle_ext.ops.fused_linear_kl import fused_linear_kl
+        from eagle_ext.ops.linear_kl import fused_linear_kl
 
         res = fused_linear_kl(
             draft_model.lm_head_input(hidden).reshape(b * t, h),
@@ -103,13 +110,19 @@ def eagle3_step_loss(
             mask.reshape(b * t),
             target_probs=target_probs.reshape(b * t, vd),
             mode="soft_ce",
+            row_offset=row_offset,
+            seq_len=t,
         )
         loss = res.loss.to(torch.float32) / denominator
         correct = (res.draft_argmax == res.target_argmax).view(b, t) & mask
         return Eagle3StepLoss(loss=loss, correct=correct, valid=valid)
     logits = draft_model.compute_logits(hidden)
     log_q = torch.log_softmax(logits.float(), dim=-1)
-    per_position = -(target_probs.float() * log_q).sum(dim=-1)
+    # slot s < T - k reads target slot s + k; the k tail slots have a zero target (loss 0, argmax 0)
+    shown = target_probs[:, row_offset:].float()
+    tail = t - shown.shape[1]
+    per_position = nn.functional.pad(-(shown * log_q[:, : t - tail]).sum(dim=-1), (0, tail))
+    target_argmax = nn.functional.pad(shown.argmax(dim=-1), (0, tail))
     loss = torch.where(mask, per_position, torch.zeros_like(per_position)).sum() / denominator
-    correct = (logits.argmax(dim=-1) == target_probs.argmax(dim=-1)) & mask
+    correct = (logits.argmax(dim=-1) == target_argmax) & mask
     return Eagle3StepLoss(loss=loss, correct=correct, valid=valid)

@@ -19,7 +19,9 @@ class Eagle3TrainerModule(nn.Module):
 
     Step k (0-based), slot t: the hidden input is the draft's own step-(k-1) output at t (hidden states
     are never shifted); ids, target distribution, position mask and loss mask are the step-0 ones shifted
-    left k more times; RoPE positions are ``position_ids + k``. The step loss is the masked mean soft CE
+    left k more times; RoPE positions are ``position_ids + k``. The target distribution is never copied
+    per step: every step reads the step-0 ``[B, T, Vd]`` tensor at slot ``t + k`` (``row_offset=k`` of the
+    step loss), so the vocab-wide memory kept for backward is the same for any ``ttt_steps``. The step loss is the masked mean soft CE
     (:func:`eagle_ext.eagle3.loss.eagle3_step_loss`) and the total is ``sum_k w^k L_k / sum_k w^k`` with
     ``w = step_decay = 0.8``, so the initial loss is about ``ln(Vd)`` whatever ``ttt_steps`` is.
 
@@ -144,7 +146,6 @@ class Eagle3TrainerModule(nn.Module):
             if position_mask.shape[:2] != (b, t) or position_mask.dim() not in (2, 3):
                 raise ValueError(f"position_mask must have shape [B, T, 1] or [B, T], got {list(position_mask.shape)}")
             target_probs = target_probs.float()
-        cur_probs = target_probs
         cur_position_mask = position_mask.reshape(b, t).to(torch.bool)
         cur_loss_mask = loss_mask.to(torch.bool)
         cur_ids = input_ids
@@ -166,7 +167,7 @@ class Eagle3TrainerModule(nn.Module):
                 in_document = doc_remaining > k
                 step_mask = step_mask & in_document
                 chain_valid = chain_valid & in_document
-            step = eagle3_step_loss(draft, hidden, cur_probs, step_mask, loss_impl=self.loss_impl)
+            step = eagle3_step_loss(draft, hidden, target_probs, step_mask, loss_impl=self.loss_impl, row_offset=k)
             running_loss = running_loss + step.loss * self.step_decay**k
             correct_total += step.correct.sum()
             valid_total += step.valid
@@ -177,7 +178,6 @@ class Eagle3TrainerModule(nn.Module):
             losses.append(step.loss.detach())
             if k < self.ttt_steps - 1:
                 cur_ids = shift_left_with_zero(cur_ids)
-                cur_probs = shift_left_with_zero(cur_probs)
                 cur_position_mask = shift_left_with_zero(cur_position_mask)
                 cur_loss_mask = shift_left_with_zero(cur_loss_mask)
         weight_sum = sum(self.step_decay**k for k in range(self.ttt_steps))

@@ -17,17 +17,25 @@ Two implementations with identical semantics:
 - :func:`ttt_attention_lean` (``"lean"``): a custom autograd function that walks query chunks of size c.
   For each chunk it builds the block-1 scores only against keys ``[first document start in the chunk,
   chunk end)`` (the causal / document skip roughly halves the work) and the ``k`` diagonal scores, merges
-  them in log space (``lse = logaddexp(lse_block, lse_diag)``) and keeps only ``out`` and the fp32
+  them in log space (``lse = logaddexp(lse_block, lse_diag)``) and keeps only the fp32
   ``lse [B, Hq, T]`` for backward, which recomputes the chunk scores (FlashAttention-2 style:
-  ``dS = P * (dP - rowsum(dO * O))``).
+  ``dS = P * (dP - rowsum(P * dP))``, the row sum taken over the chunk's fp32 P and dP).
 
   Memory: the transient peak is about three ``[B, Hq, c, T]`` fp32 buffers (scores/P, dP, dS) with c
   chosen so one buffer stays under 16 MiB (and c <= 128) on CPU / 256 MiB on CUDA, instead of the
   eager kernel's ``[B, Hq, T, T + k]`` fp32 scores and probabilities kept alive per step for backward.
-  Saved activations are ``q, out`` ``[B, Hq, T, D]``, the cache's K/V (``O(B * Hkv * T * D * (k + 1))``,
+  Saved activations are ``q`` ``[B, Hq, T, D]``, the cache's K/V (``O(B * Hkv * T * D * (k + 1))``,
   shared with autograd anyway) and ``lse``: nothing quadratic in T. GQA is handled by grouping query
   heads, never by repeating K/V. Measured on CPU (``benchmarks/bench_eagle3_step.py``, B=1, Hq=8, Hkv=2,
   T=2048, D=64, k=3, forward + backward): 102 MiB peak vs 652 MiB eager (0.16x), 3.3x faster.
+
+Precision: both kernels keep the scores ``QK^T`` and the backward's ``dP = dO V^T`` in fp32 (bf16/fp16
+operands, fp32 products: ``out_dtype=torch.float32`` matmuls where the build has them, fp32 operands
+otherwise). Rounding them to bf16 first loses ~3 significant digits, which on peaked rows shifts the
+softmax by several percent and makes ``dP - rowsum(dO * O)`` cancel to noise.
+
+Masked attention (P-EAGLE) runs FlexAttention, compiled once per bucket of sequence lengths: see
+:func:`masked_attention` and :func:`flex_bucket_length`.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ from eagle_ext.models.masks import block_causal_visibility
 
 __all__ = [
     "TTT_ATTENTION_IMPLEMENTATIONS",
+    "FLEX_RECOMPILE_LIMIT",
+    "flex_bucket_length",
     "ttt_attention",
     "ttt_attention_reference",
     "ttt_attention_lean",
@@ -56,6 +66,41 @@ TTT_ATTENTION_IMPLEMENTATIONS = ("lean", "eager")
 # slower than it); CUDA: up to 256 MiB per chunk keeps the matmuls large enough to fill the GPU.
 _LEAN_SCORE_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 _LEAN_MAX_ROWS = {"cpu": 128, "cuda": 1 << 30}
+
+# (device type, operand dtype) -> whether torch.bmm(..., out_dtype=) runs there (torch >= 2.9 on CUDA;
+# CPU builds have no kernel for it). Learnt on first use.
+_BMM_OUT_DTYPE: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _matmul_acc(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``a @ b`` returned in ``acc`` without rounding the products to the operand dtype first.
+
+    ``a [..., m, k]``, ``b [..., k, n]`` with equal batch dims. bf16/fp16 operands are multiplied with fp32
+    accumulation either way; what matters is the output: a bf16 score keeps ~3 significant digits. Uses
+    ``torch.bmm(..., out_dtype=acc)`` (same speed as a bf16 matmul) where available, else multiplies fp32
+    upcasts (exact products of bf16 values; TF32, if enabled, represents bf16 operands exactly too).
+    Autocast is off inside: it would cast fp32 operands back down and round the result.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return _matmul_acc_no_autocast(a, b, acc)
+
+
+def _matmul_acc_no_autocast(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    if a.dtype == acc:
+        return torch.matmul(a, b.to(acc))
+    key = (a.device.type, a.dtype)
+    if _BMM_OUT_DTYPE.get(key, True):
+        batch = a.shape[:-2]
+        try:
+            out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=acc)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (TypeError, NotImplementedError, RuntimeError):  # no such overload / no kernel here
+            _BMM_OUT_DTYPE[key] = False
+        else:
+            _BMM_OUT_DTYPE[key] = True
+            return out.view(*batch, a.shape[-2], b.shape[-1])
+    return torch.matmul(a.to(acc), b.to(acc))
 
 
 def _check_ttt_inputs(query, keys, values, doc_ids, key_valid) -> tuple[int, int, int, int, int]:
@@ -91,6 +136,7 @@ def ttt_attention(
     scale: float | None = None,
     implementation: str = "lean",
     query_chunk_size: int | None = None,
+    doc_ids_host: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TTT attention of step ``k = len(keys) - 1``.
 
@@ -103,6 +149,9 @@ def ttt_attention(
         implementation: ``"lean"`` or ``"eager"``.
         query_chunk_size: lean path only; default keeps one fp32 score chunk ``[B, Hq, c, T]`` under 4M
             elements and 128 rows on CPU (64M elements on CUDA), at least 16 rows.
+        doc_ids_host: lean path only: a host (CPU) copy of ``doc_ids``. The lean chunk plan needs the
+            document starts as Python ints; with this copy it reads them without a device-to-host sync
+            (otherwise one sync per call when ``doc_ids`` is on CUDA).
 
     Returns:
         ``[B, Hq, T, D]`` in the query dtype.
@@ -112,7 +161,8 @@ def ttt_attention(
     """
     if implementation == "lean":
         return ttt_attention_lean(
-            query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale, query_chunk_size=query_chunk_size
+            query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale,
+            query_chunk_size=query_chunk_size, doc_ids_host=doc_ids_host,
         )
     if implementation == "eager":
         return ttt_attention_reference(query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale)
@@ -136,20 +186,21 @@ def ttt_attention_reference(
     k0 = keys[0].repeat_interleave(groups, dim=1)
     v0 = values[0].repeat_interleave(groups, dim=1)
     acc = _accumulation_dtype(query.dtype)
-    scores = torch.matmul(query, k0.transpose(-1, -2)).to(acc) * scale
+    scores = _matmul_acc(query, k0.transpose(-1, -2), acc) * scale
     visible = block_causal_visibility(doc_ids, key_valid, (0, t), (0, t), device=query.device)
     scores = scores.masked_fill(~visible, float("-inf"))
     steps = len(keys) - 1
     if steps:
         kd = torch.stack([k.repeat_interleave(groups, dim=1) for k in keys[1:]], dim=3)  # [B,Hq,T,k,D]
         vd = torch.stack([v.repeat_interleave(groups, dim=1) for v in values[1:]], dim=3)
-        diag = torch.einsum("bhtd,bhtsd->bhts", query, kd).to(acc) * scale
+        diag = _matmul_acc(query[..., None, :], kd.transpose(-1, -2), acc)[..., 0, :] * scale
         scores = torch.cat((scores, diag), dim=-1)
-    probs = torch.softmax(scores, dim=-1).to(query.dtype)
-    out = torch.matmul(probs[..., :t], v0)
+    # P @ V in the accumulation dtype too, so that autograd's dP = dO V^T stays fp32 as well.
+    probs = torch.softmax(scores, dim=-1)
+    out = _matmul_acc(probs[..., :t], v0, acc)
     if steps:
-        out = out + torch.einsum("bhts,bhtsd->bhtd", probs[..., t:], vd)
-    return out
+        out = out + _matmul_acc(probs[..., None, t:], vd, acc)[..., 0, :]
+    return out.to(query.dtype)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -167,7 +218,9 @@ def _document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_plan(t: int, chunk: int, doc_ids: torch.Tensor | None) -> list[tuple[int, int, int]]:
-    """``(q0, q1, k0)`` per query chunk; keys before ``k0`` are invisible to the whole chunk."""
+    """``(q0, q1, k0)`` per query chunk; keys before ``k0`` are invisible to the whole chunk.
+
+    Reads document starts back to Python: pass a host copy of ``doc_ids`` to keep this sync-free."""
     starts = list(range(0, t, chunk))
     if doc_ids is None:
         lows = [0] * len(starts)
@@ -202,14 +255,14 @@ class _ChunkContext:
         dtype.
         """
         b, hkv, g, c, kc_len = self.b, self.hkv, self.g, q1 - q0, q1 - lo
-        scores = torch.matmul(self.rows(self.qg, q0, q1), self.k0[:, :, lo:q1].transpose(-1, -2))
-        scores = scores.to(self.acc).mul_(self.scale).view(b, hkv, c, g, kc_len)
+        scores = _matmul_acc(self.rows(self.qg, q0, q1), self.k0[:, :, lo:q1].transpose(-1, -2), self.acc)
+        scores = scores.mul_(self.scale).view(b, hkv, c, g, kc_len)
         visible = block_causal_visibility(self.doc_ids, self.key_valid, (q0, q1), (lo, q1), device=scores.device)
         scores.masked_fill_(~visible[:, :, :, None], float("-inf"))
         diag = None
         if self.kd is not None:
-            diag = torch.matmul(self.qg[:, :, q0:q1], self.kd[:, :, q0:q1].transpose(-1, -2))
-            diag = diag.to(self.acc).mul_(self.scale)
+            diag = _matmul_acc(self.qg[:, :, q0:q1], self.kd[:, :, q0:q1].transpose(-1, -2), self.acc)
+            diag = diag.mul_(self.scale)
         if lse is None:
             lse = torch.logsumexp(scores, dim=-1)
             if diag is not None:
@@ -227,34 +280,35 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
 
 class _LeanTTTAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k0, v0, kd, vd, doc_ids, key_valid, scale, chunk):
+    def forward(ctx, q, k0, v0, kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host):
         b, hq, t, d = q.shape
         qg = _grouped(q, k0.shape[1])
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, scale)
-        plan = _chunk_plan(t, chunk, doc_ids)
+        plan = _chunk_plan(t, chunk, doc_ids if doc_ids_host is None else doc_ids_host)
         dtype = q.dtype
         out = torch.empty_like(qg)
         lse = qg.new_empty(qg.shape[:-1], dtype=cc.acc)
         for q0, q1, lo in plan:
             probs, probs_diag, lse_c = cc.probs(q0, q1, lo, None)
             c = q1 - q0
-            o = torch.matmul(probs.view(b, cc.hkv, c * cc.g, q1 - lo).to(dtype), v0[:, :, lo:q1])
+            # P in the input dtype for the tensor-core product (as FlashAttention), fp32 results summed
+            # and rounded once.
+            o = _matmul_acc(probs.view(b, cc.hkv, c * cc.g, q1 - lo).to(dtype), v0[:, :, lo:q1], cc.acc)
             o = o.view(b, cc.hkv, c, cc.g, d)
             if probs_diag is not None:
-                o = o + torch.matmul(probs_diag.to(dtype), vd[:, :, q0:q1])
+                o += _matmul_acc(probs_diag.to(dtype), vd[:, :, q0:q1], cc.acc)
             out[:, :, q0:q1] = o
             lse[:, :, q0:q1] = lse_c
-        ctx.save_for_backward(qg, k0, v0, kd, vd, doc_ids, key_valid, out, lse)
+        ctx.save_for_backward(qg, k0, v0, kd, vd, doc_ids, key_valid, lse)
         ctx.scale, ctx.plan = scale, plan
         return out.transpose(2, 3).reshape(b, hq, t, d)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qg, k0, v0, kd, vd, doc_ids, key_valid, out, lse = ctx.saved_tensors
+        qg, k0, v0, kd, vd, doc_ids, key_valid, lse = ctx.saved_tensors
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, ctx.scale)
         b, hkv, g, d, acc, dtype = cc.b, cc.hkv, cc.g, cc.d, cc.acc, qg.dtype
         go_g = _grouped(grad_out.to(dtype), hkv)
-        delta = (go_g.to(acc) * out.to(acc)).sum(dim=-1)  # rowsum(dO * O), [B,Hkv,T,G]
         dq = torch.empty_like(qg)
         dk0 = torch.zeros(k0.shape, dtype=acc, device=qg.device)
         dv0 = torch.zeros(v0.shape, dtype=acc, device=qg.device)
@@ -265,23 +319,30 @@ class _LeanTTTAttention(torch.autograd.Function):
             probs, probs_diag, _ = cc.probs(q0, q1, lo, lse[:, :, q0:q1])
             go_rows = cc.rows(go_g, q0, q1)
             probs_rows = probs.view(b, hkv, c * g, kc_len)
-            dv0[:, :, lo:q1] += torch.matmul(probs_rows.transpose(-1, -2).to(dtype), go_rows).to(acc)
-            dp = torch.matmul(go_rows, v0[:, :, lo:q1].transpose(-1, -2)).to(acc).view(b, hkv, c, g, kc_len)
-            row = delta[:, :, q0:q1, :, None]
-            ds = probs.mul_(dp.sub_(row)).mul_(ctx.scale).to(dtype)  # dS, reusing the P buffer
-            ds_rows = ds.view(b, hkv, c * g, kc_len)
-            dqc = torch.matmul(ds_rows, k0[:, :, lo:q1]).view(b, hkv, c, g, d)
-            dk0[:, :, lo:q1] += torch.matmul(ds_rows.transpose(-1, -2), cc.rows(qg, q0, q1)).to(acc)
+            dv0[:, :, lo:q1] += _matmul_acc(probs_rows.transpose(-1, -2).to(dtype), go_rows, acc)
+            # dS = P * (dP - delta) with delta = rowsum(P * dP): a chunk holds whole rows (block and
+            # diagonal keys), so delta comes from the fp32 P and dP here rather than from rowsum(dO * O)
+            # with O rounded to the input dtype, which cancels as badly as a bf16 dP would.
+            pdp = _matmul_acc(go_rows, v0[:, :, lo:q1].transpose(-1, -2), acc).view(b, hkv, c, g, kc_len)
+            pdp.mul_(probs)  # P * dP, in the dP buffer
+            delta = pdp.sum(dim=-1, keepdim=True)
+            pdp_diag = None
             if probs_diag is not None:
                 go, kd_c, vd_c = go_g[:, :, q0:q1], kd[:, :, q0:q1], vd[:, :, q0:q1]
                 dvd[:, :, q0:q1] = torch.matmul(probs_diag.transpose(-1, -2).to(dtype), go)
-                dpd = torch.matmul(go, vd_c.transpose(-1, -2)).to(acc)
-                dsd = probs_diag.mul_(dpd.sub_(row)).mul_(ctx.scale).to(dtype)
-                dqc = dqc + torch.matmul(dsd, kd_c)
+                pdp_diag = _matmul_acc(go, vd_c.transpose(-1, -2), acc).mul_(probs_diag)
+                delta += pdp_diag.sum(dim=-1, keepdim=True)
+            ds = pdp.sub_(probs.mul_(delta)).mul_(ctx.scale).to(dtype)  # P*dP - P*delta, in place
+            ds_rows = ds.view(b, hkv, c * g, kc_len)
+            dqc = _matmul_acc(ds_rows, k0[:, :, lo:q1], acc).view(b, hkv, c, g, d)
+            dk0[:, :, lo:q1] += _matmul_acc(ds_rows.transpose(-1, -2), cc.rows(qg, q0, q1), acc)
+            if pdp_diag is not None:
+                dsd = pdp_diag.sub_(probs_diag.mul_(delta)).mul_(ctx.scale).to(dtype)
+                dqc += _matmul_acc(dsd, kd_c, acc)
                 dkd[:, :, q0:q1] = torch.matmul(dsd.transpose(-1, -2), qg[:, :, q0:q1])
             dq[:, :, q0:q1] = dqc
         dq = dq.transpose(2, 3).reshape(b, hkv * g, cc.t, d)
-        return dq, dk0.to(k0.dtype), dv0.to(v0.dtype), dkd, dvd, None, None, None, None
+        return dq, dk0.to(k0.dtype), dv0.to(v0.dtype), dkd, dvd, None, None, None, None, None
 
 
 def ttt_attention_lean(
@@ -293,12 +354,14 @@ def ttt_attention_lean(
     key_valid: torch.Tensor | None = None,
     scale: float | None = None,
     query_chunk_size: int | None = None,
+    doc_ids_host: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Memory-lean TTT attention (chunked over queries, recomputing in backward). Same contract and
     results as :func:`ttt_attention_reference`; see the module docstring for the memory it needs.
 
     Raises:
-        ValueError: as :func:`ttt_attention`, or ``query_chunk_size < 1``.
+        ValueError: as :func:`ttt_attention`, ``query_chunk_size < 1``, or ``doc_ids_host`` not a CPU
+            ``[B, T]`` tensor.
     """
     b, hq, hkv, t, d = _check_ttt_inputs(query, keys, values, doc_ids, key_valid)
     scale = d**-0.5 if scale is None else scale
@@ -312,12 +375,46 @@ def ttt_attention_lean(
     vd = torch.stack(list(values[1:]), dim=3) if len(values) > 1 else None
     if doc_ids is not None:
         doc_ids = doc_ids.to(torch.int64)
+    if doc_ids_host is not None:
+        if doc_ids is None or doc_ids_host.device.type != "cpu" or doc_ids_host.shape != doc_ids.shape:
+            raise ValueError(
+                f"doc_ids_host must be a CPU copy of doc_ids {[b, t]}, got "
+                f"{list(doc_ids_host.shape)} on {doc_ids_host.device}" + (" without doc_ids" if doc_ids is None else "")
+            )
     if key_valid is not None:
         key_valid = key_valid.to(torch.bool)
-    return _LeanTTTAttention.apply(query, keys[0], values[0], kd, vd, doc_ids, key_valid, scale, chunk)
+    return _LeanTTTAttention.apply(
+        query, keys[0], values[0], kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host
+    )
 
 
+# Most FlexAttention compilations one process may make (one per length bucket in the worst case: 18
+# buckets cover n <= 64k at block size 128). Past it Dynamo would silently run flex eagerly, which
+# materialises the full score matrix (out of memory at n = 8k); we turn that into an error instead.
+FLEX_RECOMPILE_LIMIT = 32
 _compiled_flex: Any = None
+
+
+def flex_bucket_length(n: int, block_size: int = 128) -> int:
+    """Length FlexAttention runs at for ``n`` elements: the smallest ``N >= n`` on the ladder
+    ``block_size * {1, 2, 3, 4, 6, 8, 12, 16, 24, ...}`` (powers of two and 1.5 times them).
+
+    P-EAGLE's COD length changes with every row, segment and step; padding it to a bucket keeps the
+    compiled flex kernels to ``2 * log2(n / block_size) + 1`` shapes at most. The padding costs little:
+    padded elements belong to no document, so their blocks are empty and flex skips them; the waste is
+    at most a third of the q/k/v rows (and the BlockMask's ``O(N**2 / block_size**2)`` indices).
+
+    Raises:
+        ValueError: ``n < 1`` or ``block_size < 1`` (or not ints).
+    """
+    for name, value in (("n", n), ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    blocks = -(-n // block_size)
+    bucket = 1 << (blocks - 1).bit_length()  # smallest power of two >= blocks
+    if bucket >= 4 and blocks <= 3 * bucket // 4:
+        bucket = 3 * bucket // 4
+    return bucket * block_size
 
 
 def _flex_attention():
@@ -325,11 +422,50 @@ def _flex_attention():
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or torch.compiler.is_compiling():
         return flex_attention
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=True)
     return _compiled_flex
+
+
+def _flex_compile_settings() -> dict[str, Any]:
+    """Dynamo settings for our flex calls: the recompile limit raised to :data:`FLEX_RECOMPILE_LIMIT`
+    and a limit hit made fatal. The option names moved between torch 2.6 (``cache_size_limit``,
+    ``fail_on_cache_limit_hit``) and 2.7+ (``recompile_limit``, ``fail_on_recompile_limit_hit``)."""
+    import torch._dynamo.config as dynamo_config
+
+    settings: dict[str, Any] = {}
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            settings[name] = max(int(getattr(dynamo_config, name)), FLEX_RECOMPILE_LIMIT)
+            break
+    # Dynamo refuses fail_on_* together with suppress_errors; a user who asked for suppression keeps it.
+    if not getattr(dynamo_config, "suppress_errors", False):
+        for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+            if hasattr(dynamo_config, name):
+                settings[name] = True
+                break
+    return settings
+
+
+def _run_flex(query, key, value, block_mask, scale, enable_gqa):
+    flex = _flex_attention()
+    if flex is not _compiled_flex:
+        return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    try:
+        with torch._dynamo.config.patch(**_flex_compile_settings()):
+            return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    except Exception as exc:
+        if type(exc).__name__ not in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit"):
+            raise
+        raise RuntimeError(
+            f"compiled flex attention hit its recompile limit ({FLEX_RECOMPILE_LIMIT}) at sequence length "
+            f"{query.shape[-2]}; instead of falling back to eager flex (which materialises the full score "
+            "matrix), this is an error. Pad lengths to flex_bucket_length(n, block_size) buckets "
+            "(build_cod_block_mask(..., pad_to=...)), or look for what else changes between calls "
+            "(TORCH_LOGS=recompiles)."
+        ) from exc
 
 
 def masked_attention(
@@ -347,6 +483,10 @@ def masked_attention(
         attention_mask: a flex-attention ``BlockMask`` (CUDA path; forward-only on CPU) or a dense bool
             tensor broadcastable to ``[B, Hq, n, n]``, True where the query may attend to the key (the CPU
             training path and the reference). Queries that see no key get a zero output, as in flex.
+            A BlockMask may be built for a padded length ``N >= n`` whose rows and columns past ``n`` are
+            empty (``build_cod_block_mask(..., pad_to=flex_bucket_length(n))``): q, k and v are then
+            zero-padded to ``N`` for the flex call and the output cut back to ``n``, so the compiled
+            kernel only ever sees bucketed lengths.
         scale: softmax scale, default ``D ** -0.5``.
 
     Returns:
@@ -354,7 +494,8 @@ def masked_attention(
 
     Raises:
         TypeError: ``attention_mask`` is neither a BlockMask nor a bool tensor.
-        ValueError: head counts that do not divide.
+        ValueError: head counts that do not divide, or a BlockMask shorter than ``n`` or not square.
+        RuntimeError: compiled flex attention hit :data:`FLEX_RECOMPILE_LIMIT` (see ``_run_flex``).
     """
     hq, hkv = query.shape[1], key.shape[1]
     if hq % hkv:
@@ -379,4 +520,15 @@ def masked_attention(
         raise TypeError(
             f"attention_mask must be a flex-attention BlockMask or a bool tensor, got {type(attention_mask).__name__}"
         )
-    return _flex_attention()(query, key, value, block_mask=attention_mask, scale=scale, enable_gqa=hq != hkv)
+    n = query.shape[-2]
+    q_len, kv_len = attention_mask.seq_lengths
+    if q_len != kv_len or q_len < n:
+        raise ValueError(
+            f"the BlockMask covers seq_lengths {(q_len, kv_len)}, expected a square mask of at least the "
+            f"sequence length n = {n}"
+        )
+    if q_len == n:
+        return _run_flex(query, key, value, attention_mask, scale, hq != hkv)
+    pad = (0, 0, 0, q_len - n)
+    out = _run_flex(F.pad(query, pad), F.pad(key, pad), F.pad(value, pad), attention_mask, scale, hq != hkv)
+    return out[:, :, :n]

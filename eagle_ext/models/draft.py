@@ -81,9 +81,9 @@ class DraftMLP(nn.Module):
 class TTTContext:
     """Per-call state of TTT attention: the shared cache plus the row structure and kernel choice."""
 
-    def __init__(self, cache_hidden, doc_ids, key_valid, implementation, query_chunk_size):
+    def __init__(self, cache_hidden, doc_ids, key_valid, implementation, query_chunk_size, doc_ids_host=None):
         self.cache_hidden = cache_hidden
-        self.doc_ids, self.key_valid = doc_ids, key_valid
+        self.doc_ids, self.key_valid, self.doc_ids_host = doc_ids, key_valid, doc_ids_host
         self.implementation, self.query_chunk_size = implementation, query_chunk_size
 
 
@@ -91,7 +91,9 @@ class DraftAttention(nn.Module):
     """Multi-head attention with GQA whose q/k/v read ``input_size`` features (2H in layer 0).
 
     ``forward(x [B,T,in], cos, sin, attention)`` where ``attention`` is a :class:`TTTContext` (appends
-    this call's rotated K and V to ``cache_hidden`` and runs TTT attention) or a mask accepted by
+    this call's rotated K and V to ``cache_hidden`` and runs TTT attention), an object with
+    ``attend(module, q, k, v) -> [B, Hq, T, D]`` (an inference KV cache, handed this module and the rotated
+    ``q [B,Hq,T,D]``, ``k, v [B,Hkv,T,D]``), or a mask accepted by
     :func:`~eagle_ext.models.attention.masked_attention` (P-EAGLE). Returns ``[B, T, H]``.
     """
 
@@ -125,7 +127,10 @@ class DraftAttention(nn.Module):
                 q, keys, values,
                 doc_ids=attention.doc_ids, key_valid=attention.key_valid, scale=self.scale,
                 implementation=attention.implementation, query_chunk_size=attention.query_chunk_size,
+                doc_ids_host=attention.doc_ids_host,
             )
+        elif callable(getattr(attention, "attend", None)):
+            out = attention.attend(self, q, k, v)
         else:
             out = masked_attention(q, k, v, attention, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
@@ -279,6 +284,8 @@ class Eagle3DraftModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
         self.attn_implementation = getattr(config, "draft_attn_implementation", "lean")
         self.query_chunk_size: int | None = None
+        # Row structure of the TTT unroll in progress (see _ttt_rows): computed at step 0, reused after.
+        self._ttt_rows_cache: tuple | None = None
         if self.is_compressed:
             self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
             t2d = torch.zeros(config.vocab_size, dtype=torch.bool)
@@ -481,6 +488,32 @@ class Eagle3DraftModel(nn.Module):
             )
         return b, t
 
+    def _ttt_rows(self, attention_mask, seq_lens, b: int, t: int, device: torch.device, step: int):
+        """``(key_valid, doc_ids, doc_ids_host)`` of a batch: built at step 0 of a TTT unroll and reused by
+        its later steps (the same ``attention_mask`` / ``seq_lens`` objects), so the unroll pays for them
+        once. ``seq_lens`` is validated and turned into document ids on the host: free when it lives there
+        (collate output), one device-to-host copy per batch when it is on CUDA; the ids reach the device
+        with an asynchronous copy, and the host copy feeds the lean kernel's chunk plan."""
+        cached = self._ttt_rows_cache
+        if (
+            step > 0
+            and cached is not None
+            and cached[0] is attention_mask
+            and cached[1] is seq_lens
+            and cached[2] == (b, t, device)
+        ):
+            return cached[3]
+        key_valid = check_attention_mask(attention_mask, b, t)
+        doc_ids = doc_ids_host = None
+        if seq_lens is not None:
+            if not isinstance(seq_lens, torch.Tensor):
+                raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {type(seq_lens).__name__}")
+            doc_ids_host = document_ids_from_seq_lens(seq_lens.detach().cpu(), t)
+            doc_ids = doc_ids_host.to(device, non_blocking=True)
+        rows = (key_valid, doc_ids, doc_ids_host)
+        self._ttt_rows_cache = (attention_mask, seq_lens, (b, t, device), rows)
+        return rows
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -500,13 +533,18 @@ class Eagle3DraftModel(nn.Module):
                 ``position_ids + k`` with ``k = len(cache_hidden[0])`` before this call.
             cache_hidden: ``[K_list, V_list]`` shared across the unroll; this call appends one K and one V.
             seq_lens: int ``[B, D]`` packed document lengths (rows summing to T): attention stays inside
-                each document.
+                each document. Best kept on the host (as collated): see the host-sync note below.
 
         Returns:
             ``[B, T, H]`` hidden state (``norm``-ed when ``norm_output``).
 
         Raises:
             ValueError: a multi-layer draft (TTT is single-layer), or inconsistent shapes.
+
+        Host syncs per step: none from this method. The row structure (``attention_mask`` -> key mask,
+        ``seq_lens`` -> document ids) is built once per unroll, at step 0 (one device-to-host copy there if
+        ``seq_lens`` is on CUDA, none if it is on the host); the lean attention reads chunk bounds from the
+        host copy of the document ids.
         """
         if len(self.model.layers) != 1:
             raise ValueError(
@@ -518,11 +556,12 @@ class Eagle3DraftModel(nn.Module):
             cache_hidden = [[], []]
         if len(cache_hidden) != 2 or len(cache_hidden[0]) != len(cache_hidden[1]):
             raise ValueError("cache_hidden must be [K_list, V_list] with lists of equal length")
-        key_valid = check_attention_mask(attention_mask, b, t)
-        doc_ids = None if seq_lens is None else document_ids_from_seq_lens(seq_lens.to(input_ids.device), t)
         step = len(cache_hidden[0])
+        key_valid, doc_ids, doc_ids_host = self._ttt_rows(attention_mask, seq_lens, b, t, input_ids.device, step)
         cos, sin = self.rotary_emb(self._positions(position_ids, b, t, input_ids.device) + step)
-        context = TTTContext(cache_hidden, doc_ids, key_valid, self.attn_implementation, self.query_chunk_size)
+        context = TTTContext(
+            cache_hidden, doc_ids, key_valid, self.attn_implementation, self.query_chunk_size, doc_ids_host
+        )
         embeds = self.embed_input_ids(input_ids).to(projected_hidden_states.dtype)
         hidden = self.model.layers[0](embeds, projected_hidden_states, cos, sin, context)
         return self.model.norm(hidden) if self.config.norm_output else hidden

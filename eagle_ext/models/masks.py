@@ -48,6 +48,9 @@ def document_ids_from_seq_lens(seq_lens: torch.Tensor, seq_len: int) -> torch.Te
     Raises:
         TypeError: ``seq_lens`` is not an integer tensor.
         ValueError: wrong rank, negative lengths, or a row that does not sum to ``seq_len``.
+
+    The checks read values back: free on a host tensor, two device-to-host syncs on a CUDA one. The draft
+    calls this once per TTT unroll, on a host copy (``Eagle3DraftModel._ttt_rows``).
     """
     if not isinstance(seq_lens, torch.Tensor) or seq_lens.dtype.is_floating_point or seq_lens.dtype == torch.bool:
         raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {seq_lens!r:.80}")

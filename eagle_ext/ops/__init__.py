@@ -8,10 +8,10 @@ _EXPORTS = {
     "fill_packed_rows": "eagle_ext.ops.packing",
     "generate_cod_sample_indices": "eagle_ext.ops.cod",
     "assign_cod_segments": "eagle_ext.ops.cod",
-    "fused_linear_kl": "eagle_ext.ops.fused_linear_kl",
+    "fused_linear_kl": "eagle_ext.ops.linear_kl",
     "build_cod_block_mask": "eagle_ext.ops.cod_block_mask",
     "cod_block_mask_reference": "eagle_ext.ops.cod_block_mask",
-    "fused_linear_kl_reference": "eagle_ext.ops.fused_linear_kl",
+    "fused_linear_kl_reference": "eagle_ext.ops.linear_kl",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,6 +21,13 @@ per side (the BlockMask itself holds ``4 * nb**2`` indices).
 
 ``build_cod_block_mask`` dispatches to the Triton kernels on CUDA and to vectorised torch otherwise;
 ``cod_block_mask_reference`` is ``create_block_mask`` on the same ``mask_mod``.
+
+Host syncs: the per-element work (validation, context ranges, rollout histogram) runs where the indices
+are. Indices that live on the host (COD sampling and dataloader workers produce them there) with
+``device="cuda"`` build the BlockMask with no device-to-host sync at all: only the per-element summaries
+and the mask_mod's tensors are copied to the device (asynchronously) and the block grid is built there.
+Indices already on CUDA cost about four syncs per call (``validate=True``: value ranges, the order check;
+always: the rollout member ``nonzero`` and the rollout pair count).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import os
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-from eagle_ext.peagle.mask import check_cod_inputs, cod_mask_mod
+from eagle_ext.ops.cod_mask import check_cod_inputs, cod_mask_mod
 
 __all__ = ["build_cod_block_mask", "cod_block_mask_reference"]
 
@@ -115,7 +122,7 @@ def _range_block_counts(lo: torch.Tensor, hi: torch.Tensor, block_size: int) -> 
 
 
 def _rollout_block_counts(
-    anchor: torch.Tensor, depth: torch.Tensor, document_ids: torch.Tensor, block_size: int
+    anchor: torch.Tensor, depth: torch.Tensor, document_ids: torch.Tensor, block_size: int, nb: int
 ) -> torch.Tensor:
     """Visible (query, key) pairs with key depth >= 1 per block pair (int64 ``[nb, nb]``).
 
@@ -123,8 +130,6 @@ def _rollout_block_counts(
     elements by anchor (stable, so depth ascends inside a group) makes that the group's prefix ending at
     the query; the pairs are enumerated (``sum(depth)`` of them, ``O(n * K)``) and binned.
     """
-    n = anchor.numel()
-    nb = -(-n // block_size)
     device = anchor.device
     members = torch.nonzero((depth > 0) & (document_ids[anchor] >= 0)).flatten()
     counts = torch.zeros(nb * nb, dtype=torch.long, device=device)
@@ -137,9 +142,10 @@ def _rollout_block_counts(
     new_group[1:] = group_anchor[1:] != group_anchor[:-1]
     group_start = torch.where(new_group, slot, 0).cummax(0).values
     visible = slot - group_start + 1  # keys each member sees inside its rollout (itself included)
-    query = torch.repeat_interleave(slot, visible)
+    pairs = int(visible.sum())  # read once: repeat_interleave would otherwise read it back itself
+    query = torch.repeat_interleave(slot, visible, output_size=pairs)
     pair_start = visible.cumsum(0) - visible  # first pair of each member in ``query`` order
-    key_slot = torch.arange(query.numel(), device=device) - (pair_start - group_start)[query]
+    key_slot = torch.arange(pairs, device=device) - (pair_start - group_start)[query]
     member_block = members // block_size
     return counts.index_add_(
         0, member_block[query] * nb + member_block[key_slot], torch.ones_like(query)
@@ -192,54 +198,74 @@ def build_cod_block_mask(
     block_size: int = 128,
     backend: str = "auto",
     validate: bool = True,
+    pad_to: int | None = None,
+    device: torch.device | str | None = None,
 ) -> BlockMask:
     """BlockMask of the COD mask over ``n`` flat elements, without a dense ``n x n`` grid.
 
     Every tensor of the result (partial and full kv / q counts and indices) equals the one of
-    ``create_block_mask(cod_mask_mod(...), None, None, n, n, BLOCK_SIZE=block_size)``; ``seq_lengths`` is
-    ``(n, n)`` and ``mask_mod`` is the COD ``mask_mod`` (FlexAttention applies it inside partial blocks).
+    ``create_block_mask(cod_mask_mod(..., pad_to=pad_to), None, None, N, N, BLOCK_SIZE=block_size)``
+    (``N = pad_to or n``); ``seq_lengths`` is ``(N, N)`` and ``mask_mod`` is the COD ``mask_mod``
+    (FlexAttention applies it inside partial blocks).
 
     Args:
         anchor_pos: int ``[n]`` anchors in ``[0, L)``, depth-major COD order (as produced by
-            ``generate_cod_sample_indices``): ``depth * L + anchor`` strictly increasing.
+            ``generate_cod_sample_indices``): ``depth * L + anchor`` strictly increasing. Indices in
+            another order must be permuted first (:func:`eagle_ext.ops.cod_mask.depth_major_order`).
         depth: int ``[n]`` depths ``>= 0``, same device.
         document_ids: int ``[L]`` document id per original position, -1 on padding; each document must be
             one contiguous run of positions (packed rows are).
         block_size: query and key block size (FlexAttention's default is 128).
         backend: ``"auto"`` (Triton on CUDA when triton imports, torch otherwise), ``"torch"`` or
             ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
-        validate: check value ranges, the depth-major order and contiguous documents (host syncs on CUDA).
-            With ``validate=False`` a bad layout gives a wrong mask instead of an error.
+        validate: check value ranges, the depth-major order and contiguous documents (free on host
+            indices, host syncs on CUDA ones). With ``validate=False`` a bad layout gives a wrong mask
+            instead of an error.
+        pad_to: optional ``N >= n``: the mask covers ``N`` elements, the extra ones belonging to no
+            document (their rows and columns are empty), so flex attention can run on inputs zero-padded
+            to a few bucketed lengths (see :func:`eagle_ext.models.attention.masked_attention`).
+        device: where the BlockMask lives (default: the inputs' device). Host indices with a CUDA device
+            build it without any device-to-host sync (see the module docstring).
 
     Returns:
-        ``BlockMask`` with B = H = 1 (broadcast over batch and heads), int32 tensors on the inputs' device.
+        ``BlockMask`` with B = H = 1 (broadcast over batch and heads), int32 tensors on ``device``.
 
     Raises:
-        TypeError / ValueError naming the argument on bad types, shapes, devices, values, order or backend.
+        TypeError / ValueError naming the argument on bad types, shapes, devices, values, order, backend
+        or pad_to.
     """
     anchor_pos, depth, document_ids = check_cod_inputs(anchor_pos, depth, document_ids, check_values=validate)
     block_size = _check_block_size(block_size)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    device = anchor_pos.device
+    n = anchor_pos.numel()
+    if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < n):
+        raise ValueError(f"pad_to must be an int >= the number of COD elements ({n}), got {pad_to!r}")
+    padded = n if pad_to is None else pad_to
+    device = anchor_pos.device if device is None else torch.device(device)
     if backend == "auto":
         backend = "triton" if device.type == "cuda" and _triton_available() else "torch"
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
-            f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 before triton is imported), "
-            f"got tensors on {device}"
+            f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 before triton is imported), "
+            f"got {device}"
         )
-    n = anchor_pos.numel()
     key = depth * document_ids.numel() + anchor_pos
     if validate:
         _check_layout(anchor_pos, depth, document_ids, key)
     lo, hi = _context_ranges(anchor_pos, document_ids, key)
-    rollout = _rollout_block_counts(anchor_pos, depth, document_ids, block_size)
+    if padded > n:  # padded queries see nothing: the empty range [0, 0)
+        lo = torch.cat([lo, lo.new_zeros(padded - n)])
+        hi = torch.cat([hi, hi.new_zeros(padded - n)])
+    rollout = _rollout_block_counts(anchor_pos, depth, document_ids, block_size, -(-padded // block_size))
+    # Host-to-device copies of freshly made host tensors: asynchronous, no sync.
+    lo, hi, rollout = (t.to(device, non_blocking=True) for t in (lo, hi, rollout))
     build = _tensors_triton if backend == "triton" else _tensors_torch
     tensors = [t[None, None] for t in build(lo, hi, rollout, block_size)]
     kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx = tensors
+    mask_inputs = (t.to(device, non_blocking=True) for t in (anchor_pos, depth, document_ids))
     return BlockMask(
-        seq_lengths=(n, n),
+        seq_lengths=(padded, padded),
         kv_num_blocks=kv_num,
         kv_indices=kv_idx,
         full_kv_num_blocks=full_kv_num,
@@ -249,18 +275,23 @@ def build_cod_block_mask(
         full_q_num_blocks=full_q_num,
         full_q_indices=full_q_idx,
         BLOCK_SIZE=(block_size, block_size),
-        mask_mod=cod_mask_mod(anchor_pos, depth, document_ids, validate=False),
+        mask_mod=cod_mask_mod(*mask_inputs, validate=False, pad_to=pad_to),
     )
 
 
 def cod_block_mask_reference(
-    anchor_pos: torch.Tensor, depth: torch.Tensor, document_ids: torch.Tensor, *, block_size: int = 128
+    anchor_pos: torch.Tensor,
+    depth: torch.Tensor,
+    document_ids: torch.Tensor,
+    *,
+    block_size: int = 128,
+    pad_to: int | None = None,
 ) -> BlockMask:
     """``create_block_mask`` (eager) of the COD ``mask_mod``: the reference ``build_cod_block_mask`` must
-    equal. Materialises the ``n x n`` mask (about 12 bytes per pair); arguments as ``build_cod_block_mask``
+    equal. Materialises the ``N x N`` mask (about 12 bytes per pair); arguments as ``build_cod_block_mask``
     (any element order is accepted here)."""
-    mask_mod = cod_mask_mod(anchor_pos, depth, document_ids)
-    n = anchor_pos.numel()
+    mask_mod = cod_mask_mod(anchor_pos, depth, document_ids, pad_to=pad_to)
+    n = anchor_pos.numel() if pad_to is None else pad_to
     return create_block_mask(
         mask_mod, None, None, n, n, device=anchor_pos.device, BLOCK_SIZE=_check_block_size(block_size)
     )

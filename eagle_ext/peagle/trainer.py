@@ -29,7 +29,16 @@ one segment's activations are alive at a time.
 
 Differences from the reference recipe, on purpose: counters are int64 and the loss stays fp32 (the recipe
 casts it to bf16); COD never emits a negative anchor or a chain across documents; per-depth accuracy counts
-are reported.
+are reported; precomputed COD indices in any order are put in depth-major order (what the BlockMask builder
+needs) before ids, hidden states and targets are gathered, so all of them share one order.
+
+Host syncs: all per-row index work (COD sampling, validation, ordering, segment assignment, supervised
+counts, the BlockMask's per-element summaries) runs on host copies: the loss and attention masks are read
+back once per batch (one device-to-host copy in ``forward`` and in ``build_peagle_plan``, none on CPU), COD
+indices are made on the host (or come from dataloader workers, on the host), and everything the device
+needs is sent with asynchronous host-to-device copies. FlexAttention runs at bucketed lengths
+(:func:`eagle_ext.models.attention.flex_bucket_length`), so the compiled kernel sees a handful of shapes.
+What is left per step is listed in docs/ops.md ("Host syncs").
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import torch
 from torch import nn
 
 from eagle_ext.ops.cod import assign_cod_segments, generate_cod_sample_indices, resolve_seed
+from eagle_ext.ops.cod_mask import depth_major_order
 
 __all__ = ["PEagleTrainerModule", "PEaglePlan", "PEagleUnit", "PEagleStepMetrics", "run_partitioned_step"]
 
@@ -77,7 +87,8 @@ class PEagleUnit:
     """One (row, segment) of a plan: the elements the segment's forward runs over.
 
     ``anchor``/``depth`` int64 ``[m]`` (depth-major order), ``loss_positions`` bool ``[m]`` (the segment's
-    own supervised elements; causal-completion context is False), ``document_ids`` int64 ``[L]``.
+    own supervised elements; causal-completion context is False), ``document_ids`` int64 ``[L]``; all on
+    the host (CPU), which is where the segment's index work runs.
     """
 
     __slots__ = ("row", "segment", "anchor", "depth", "loss_positions", "document_ids")
@@ -120,6 +131,13 @@ def _check_ratio(name: str, value: Any) -> float:
 def row_document_ids(attention_mask_row: torch.Tensor) -> torch.Tensor:
     """int64 ``[L]``: 0 on real tokens, -1 on padding (an unpacked row is one document)."""
     return torch.where(attention_mask_row != 0, 0, -1).to(torch.int64)
+
+
+def _host_rows(loss_mask: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host copies of a batch's row structure: supervised bool ``[B, L]`` and document ids int64 ``[B, L]``.
+    One device-to-host copy for both (none when the masks are on the host)."""
+    both = torch.stack([loss_mask.detach() != 0, attention_mask.detach() != 0]).cpu()
+    return both[0], row_document_ids(both[1])
 
 
 class PEagleTrainerModule(nn.Module):
@@ -186,7 +204,7 @@ class PEagleTrainerModule(nn.Module):
                 f"mask_token_id ({mask_token_id}) differs from the draft config's mask_token_id ({configured})"
             )
         self.mask_token_id = mask_token_id
-        from eagle_ext.ops.fused_linear_kl import IMPLS
+        from eagle_ext.ops.linear_kl import IMPLS
 
         if loss_impl not in IMPLS:
             raise ValueError(f"loss_impl must be one of {IMPLS}, got {loss_impl!r}")
@@ -232,13 +250,15 @@ class PEagleTrainerModule(nn.Module):
             seed=resolve_seed(generator=self.generator),
         )
 
-    def _row_indices(self, b, loss_mask, document_ids, cod_indices):
+    def _row_indices(self, b, supervised, document_ids, cod_indices):
+        """Host ``(anchor, depth)`` of row ``b`` in depth-major order: sampled on the row's host masks, or
+        ``cod_indices[b]`` validated and, if needed, stably reordered (:func:`depth_major_order`)."""
         if cod_indices is None:
-            return self.sample_row(loss_mask[b], document_ids)
+            return self.sample_row(supervised[b], document_ids)
         anchor, depth = cod_indices[b]
-        anchor = anchor.to(device=loss_mask.device, dtype=torch.int64)
-        depth = depth.to(device=loss_mask.device, dtype=torch.int64)
-        length = loss_mask.shape[1]
+        anchor = anchor.detach().to(device="cpu", dtype=torch.int64)  # a no-op for worker-made indices
+        depth = depth.detach().to(device="cpu", dtype=torch.int64)
+        length = supervised.shape[1]
         if anchor.dim() != 1 or anchor.shape != depth.shape:
             raise ValueError(f"cod_indices[{b}] must be two equally long 1-D tensors, got shapes "
                              f"{list(anchor.shape)} and {list(depth.shape)}")
@@ -247,6 +267,12 @@ class PEagleTrainerModule(nn.Module):
             raise ValueError(f"cod_indices[{b}] must satisfy 0 <= anchor and anchor + depth < {length}")
         if anchor.numel() and int(depth.max()) >= self.num_depths:
             raise ValueError(f"cod_indices[{b}] has depth {int(depth.max())} >= num_depths={self.num_depths}")
+        try:
+            perm = depth_major_order(anchor, depth, length)
+        except ValueError as exc:
+            raise ValueError(f"cod_indices[{b}]: {exc}") from None
+        if perm is not None:
+            anchor, depth = anchor[perm], depth[perm]
         return anchor, depth
 
     def _check_cod_indices(self, cod_indices, batch_size: int) -> None:
@@ -283,13 +309,14 @@ class PEagleTrainerModule(nn.Module):
             raise ValueError(f"attention_mask must have shape [B, L] = {[b, length]}, got {list(attention_mask.shape)}")
         segments = self.sequence_partitions if num_segments is None else _check_int("num_segments", num_segments, 1)
         self._check_cod_indices(cod_indices, b)
+        supervised_rows, doc_rows = _host_rows(loss_mask, attention_mask)
         units: list[PEagleUnit] = []
-        total = torch.zeros((), dtype=torch.int64, device=loss_mask.device)
+        total = 0
         for row in range(b):
-            doc = row_document_ids(attention_mask[row])
-            anchor, depth = self._row_indices(row, loss_mask, doc, cod_indices)
-            supervised = loss_mask[row, anchor + depth] != 0
-            total += supervised.sum()
+            doc = doc_rows[row]
+            anchor, depth = self._row_indices(row, supervised_rows, doc, cod_indices)
+            supervised = supervised_rows[row, anchor + depth]
+            total += int(supervised.sum())
             seg = assign_cod_segments(anchor, depth, length, segments)
             for s in range(segments):
                 owned = seg == s
@@ -297,7 +324,9 @@ class PEagleTrainerModule(nn.Module):
                 if not bool(owned.any()):
                     continue
                 units.append(PEagleUnit(row, s, anchor[in_seg], depth[in_seg], (owned & supervised)[in_seg], doc))
-        return PEaglePlan(units, total.clamp_min(1).to(torch.float32), b, segments)
+        # torch.full writes the value on the device (no host-to-device copy to wait for).
+        total_den = torch.full((), float(max(total, 1)), dtype=torch.float32, device=loss_mask.device)
+        return PEaglePlan(units, total_den, b, segments)
 
     # ------------------------------------------------------------------------------------ forward
 
@@ -306,33 +335,45 @@ class PEagleTrainerModule(nn.Module):
             return device.type == "cuda"
         return self.attention == "flex"
 
-    def _attention_mask(self, anchor, depth, document_ids):
-        if self._use_flex(anchor.device):
+    def _attention_mask(self, anchor, depth, document_ids, device: torch.device):
+        """The COD mask of host indices, on ``device``: a BlockMask padded to the flex length bucket, or
+        the dense ``[1, 1, n, n]`` bool mask."""
+        if self._use_flex(device):
+            from eagle_ext.models.attention import flex_bucket_length
             from eagle_ext.ops.cod_block_mask import build_cod_block_mask
 
-            return build_cod_block_mask(anchor, depth, document_ids, block_size=self.block_size, validate=False)
-        from eagle_ext.peagle.mask import dense_cod_mask
+            # Host indices: validation (order, documents, ranges) is free and the build has no sync.
+            return build_cod_block_mask(
+                anchor, depth, document_ids, block_size=self.block_size, validate=True, device=device,
+                pad_to=flex_bucket_length(anchor.numel(), self.block_size),
+            )
+        from eagle_ext.ops.cod_mask import dense_cod_mask
 
-        return dense_cod_mask(anchor, depth, document_ids)[None, None]
+        dense_inputs = (t.to(device, non_blocking=True) for t in (anchor, depth, document_ids))
+        return dense_cod_mask(*dense_inputs, validate=False)[None, None]  # indices checked on the host
 
     def _unit_loss(self, row, anchor, depth, loss_positions, document_ids, input_ids, aux_hidden_states,
                    target_logits):
-        """``(sum KL, correct bool [m], supervised bool [m])`` for one row's elements (depth-major)."""
-        from eagle_ext.ops.fused_linear_kl import fused_linear_kl
+        """``(sum KL, correct bool [m], depth int64 [m])`` on the batch's device for one row's elements,
+        given as host tensors in depth-major order (``loss_positions`` bool ``[m]``)."""
+        from eagle_ext.ops.linear_kl import fused_linear_kl
 
         draft = self.draft_model
-        orig = anchor + depth
+        device = input_ids.device
         is_ctx = depth == 0
-        n_ctx = int(is_ctx.sum())
+        n_ctx = int(is_ctx.sum())  # host tensors: no sync
         if n_ctx and not bool(is_ctx[:n_ctx].all()):
             raise ValueError("COD elements must be in depth-major order (all depth-0 elements first)")
-        ids = torch.where(is_ctx, input_ids[row, orig], torch.full_like(orig, self.mask_token_id))
-        context = draft.project_hidden_states(aux_hidden_states[row, orig[:n_ctx]])
+        orig = (anchor + depth).to(device, non_blocking=True)
+        loss_positions = loss_positions.to(device, non_blocking=True)
+        ids = input_ids[row].index_select(0, orig)
+        ids[n_ctx:] = self.mask_token_id
+        context = draft.project_hidden_states(aux_hidden_states[row].index_select(0, orig[:n_ctx]))
         # mask_hidden stays in the graph even when K = 1 (zero gradient), so DDP sees every parameter used.
         mask_hidden = draft.project_hidden_states(draft.mask_hidden.view(1, -1)).to(context.dtype)
         hidden_in = torch.cat([context, mask_hidden.expand(orig.numel() - n_ctx, -1)], dim=0)
         hidden = draft.forward_peagle(
-            ids[None], hidden_in[None], orig[None], self._attention_mask(anchor, depth, document_ids)
+            ids[None], hidden_in[None], orig[None], self._attention_mask(anchor, depth, document_ids, device)
         )[0]
         target = target_logits[row].index_select(-1, self.selected_token_ids).index_select(0, orig)
         res = fused_linear_kl(
@@ -340,16 +381,19 @@ class PEagleTrainerModule(nn.Module):
             target_logits=target, mode="kl", impl=self.loss_impl,
         )
         correct = (res.draft_argmax == res.target_argmax) & loss_positions
-        return res.loss.to(torch.float32), correct, loss_positions
+        return res.loss.to(torch.float32), correct, depth.to(device, non_blocking=True)
 
-    def _metrics(self, loss, depth_list, correct_list, valid_list) -> PEagleStepMetrics:
-        device = loss.device
+    def _metrics(self, loss, device_depths, corrects, host_depths, valids) -> PEagleStepMetrics:
+        """Per-depth counts: ``corrects`` (bool, device) against ``device_depths``; ``valids`` (supervised
+        bool, host) against ``host_depths``, counted on the host and sent over asynchronously."""
         k = self.num_depths
-        depth_correct = torch.zeros(k, dtype=torch.int64, device=device)
-        depth_valid = torch.zeros(k, dtype=torch.int64, device=device)
-        for depth, correct, valid in zip(depth_list, correct_list, valid_list):
-            depth_correct += torch.bincount(depth[correct], minlength=k)[:k]
+        depth_correct = torch.zeros(k, dtype=torch.int64, device=loss.device)
+        for depth, correct in zip(device_depths, corrects, strict=True):
+            depth_correct.index_add_(0, depth, correct.to(torch.int64))  # no boolean indexing: no sync
+        depth_valid = torch.zeros(k, dtype=torch.int64)
+        for depth, valid in zip(host_depths, valids, strict=True):
             depth_valid += torch.bincount(depth[valid], minlength=k)[:k]
+        depth_valid = depth_valid.to(loss.device, non_blocking=True)
         valid_tokens = depth_valid.sum()
         accuracy = depth_correct.sum().to(torch.float32) / valid_tokens.clamp_min(1).to(torch.float32)
         return PEagleStepMetrics(loss, accuracy.detach(), valid_tokens, depth_correct, depth_valid)
@@ -391,30 +435,33 @@ class PEagleTrainerModule(nn.Module):
             if plan.num_rows != input_ids.shape[0]:
                 raise ValueError(f"the plan was built for {plan.num_rows} rows, the batch has {input_ids.shape[0]}")
             unit = plan.units[index]
-            num, correct, valid = self._unit_loss(
+            num, correct, depth = self._unit_loss(
                 unit.row, unit.anchor, unit.depth, unit.loss_positions, unit.document_ids,
                 input_ids, aux_hidden_states, target_logits,
             )
-            return self._metrics(num / plan.total_den.to(num.device), [unit.depth], [correct], [valid])
+            loss = num / plan.total_den.to(num.device)
+            return self._metrics(loss, [depth], [correct], [unit.depth], [unit.loss_positions])
 
         batch = input_ids.shape[0]
         self._check_cod_indices(cod_indices, batch)
+        supervised_rows, doc_rows = _host_rows(loss_mask, attention_mask)
         total_num = None
-        depths, corrects, valids = [], [], []
+        den = 0
+        device_depths, corrects, host_depths, valids = [], [], [], []
         for row in range(batch):
-            doc = row_document_ids(attention_mask[row])
-            anchor, depth = self._row_indices(row, loss_mask, doc, cod_indices)
-            supervised = loss_mask[row, anchor + depth] != 0
-            num, correct, valid = self._unit_loss(
-                row, anchor, depth, supervised, doc, input_ids, aux_hidden_states, target_logits
+            anchor, depth = self._row_indices(row, supervised_rows, doc_rows[row], cod_indices)
+            supervised = supervised_rows[row, anchor + depth]
+            num, correct, depth_on_device = self._unit_loss(
+                row, anchor, depth, supervised, doc_rows[row], input_ids, aux_hidden_states, target_logits
             )
             total_num = num if total_num is None else total_num + num
-            depths.append(depth)
+            den += int(supervised.sum())  # host tensor: no sync
+            device_depths.append(depth_on_device)
             corrects.append(correct)
-            valids.append(valid)
-        den = sum(int(v.sum()) for v in valids)
+            host_depths.append(depth)
+            valids.append(supervised)
         loss = total_num / max(den, 1)
-        return self._metrics(loss, depths, corrects, valids)
+        return self._metrics(loss, device_depths, corrects, host_depths, valids)
 
 
 def run_partitioned_step(

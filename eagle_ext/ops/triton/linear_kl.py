@@ -1,4 +1,4 @@
-"""Triton kernels for ``eagle_ext.ops.fused_linear_kl``: draft-vocab projection fused with soft-CE / KL.
+"""Triton kernels for ``eagle_ext.ops.linear_kl.fused_linear_kl``: draft-vocab projection fused with soft-CE / KL.
 
 Notation: ``hidden`` [N, H], ``weight`` [V, H] (V = draft vocab), ``z = hidden @ weight.T`` [N, V] with
 fp32 accumulation, ``p`` the target distribution (``target_probs`` as given, or ``softmax(target_logits)``),
@@ -7,7 +7,8 @@ fp32 accumulation, ``p`` the target distribution (``target_probs`` as given, or 
 
 Design: recompute in backward (Cut-Cross-Entropy style), not gradient in forward (Liger style)
 ---------------------------------------------------------------------------------------------------
-Forward (``forward``): one kernel, grid ``(row blocks, vocab splits)``. Each program walks its vocab range
+Forward (``forward``): one kernel, grid ``(row blocks, vocab splits)``, with enough vocab splits that the
+grid covers every SM twice for the largest ``BLOCK_N`` the autotuner may pick. Each program walks its vocab range
 tile by tile; a tile of ``z`` is a ``BLOCK_N x BLOCK_V`` fp32 register accumulator (``tl.dot`` over H in
 ``BLOCK_H`` steps) that is folded into online per-row statistics and then dropped: running max, argmax,
 ``Σexp(z - max)``, ``Σp``, ``Σp·z``, ``Σ p·log p`` (KL), argmax of the target, and, for logit targets, the
@@ -17,11 +18,18 @@ are saved for backward; no ``[N, V]`` tensor exists in forward.
 
 Backward (``backward``): the vocab is cut into chunks of ``width`` columns (default: H rounded up to 256,
 so a chunk of ``dz`` is the size of ``hidden``). Per chunk a kernel recomputes the ``z`` tile in fp32
-registers, forms ``dz = g·mask·(Σp·exp(z - lse) - p)`` and writes it once in the compute dtype into an
+registers, forms ``dz = g·mask·(Σp·exp(z - lse) - p)`` and writes it once in ``dot_dtype`` into an
 ``[N, width]`` buffer; then two cuBLAS GEMMs: ``dW[chunk] = dz.T @ hidden`` (one GEMM over all N rows, fp32
 accumulation inside the GEMM, written once -- no cross-chunk accumulation of dW is needed) and
-``dH += dz @ W[chunk]`` into an fp32 ``[N, H]`` accumulator (skipped when there is one chunk). Row blocks
-whose rows are all masked skip their GEMM and write zeros.
+``dH += dz @ W[chunk]`` into an fp32 ``[N, H]`` accumulator with ``torch.addmm(..., out=acc)`` (no
+temporary per chunk; skipped when there is one chunk). Row blocks whose rows are all masked skip their
+GEMM and write zeros. The backward grid is 1-D with a ``GROUP_N`` swizzle: consecutive programs sweep the
+vocab tiles of a group of ``GROUP_N`` row blocks, so the hidden rows and weight columns they read stay
+in L2.
+
+Row offset (TTT): target row ``n + row_offset`` supervises row ``n`` while ``n % seq_len + row_offset <
+seq_len``; other rows read a zero target. The TTT unroll passes its step-0 target with ``row_offset = k``
+instead of a shifted copy per step, so the memory kept for backward does not grow with the steps.
 
 Cost for a 7-step TTT unroll that reuses the same weight (N = 8192 rows per step, H = 4096, V = 32000, bf16):
 
@@ -38,12 +46,14 @@ The 2-4 GiB held across the unroll is about what one eager-reference call needs 
 temporaries (1 GiB each), i.e. it would eat most of the saving; recompute keeps the TTT footprint flat in
 the number of steps, and the extra GEMM is what it costs.
 
-Numerics: all softmax / exp / log math and all ``tl.dot`` accumulation in fp32; in the interpreter
-(``TRITON_INTERPRET=1``, CPU tests) every tile is upcast to fp32 right after ``tl.load`` because the
-interpreter's bf16 arithmetic is wrong. ``dz`` is rounded to the compute dtype once (after scaling by
-``grad_output``, so no host sync is needed; with fp16 inputs entries below fp16's range flush to zero, as
-with any fp16 gradient -- use a GradScaler). Row and column offsets are int64. fp32 inputs use TF32 in
-``tl.dot`` only when ``torch.backends.cuda.matmul.allow_tf32`` is set, like torch matmul.
+Numerics: all softmax / exp / log math and all ``tl.dot`` accumulation in fp32. ``tl.dot`` operands are
+cast tile by tile to ``dot_dtype`` (chosen by the caller: e.g. bf16 under autocast for an fp32 master
+weight, so no bf16 copy of the weight is ever made); in the interpreter (``TRITON_INTERPRET=1``, CPU tests)
+every tile is upcast to fp32 instead, because the interpreter's bf16 arithmetic is wrong. ``dz`` is
+rounded to ``dot_dtype`` once (after scaling by ``grad_output``, so no host sync is needed; with fp16
+entries below fp16's range flush to zero, as with any fp16 gradient -- use a GradScaler). Row and column
+offsets are int64. fp32 dots use TF32 exactly when the caller says torch matmul would (``tf32``; see
+``eagle_ext.ops.linear_kl.matmul_allows_tf32``).
 """
 
 from __future__ import annotations
@@ -61,6 +71,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Splits of the vocab in forward are a multiple of this many columns, so every split is non-empty and
 # every autotuned BLOCK_V tiles it without a ragged middle tile.
 _SPLIT_ALIGN = 128 if _INTERPRET else 256
+# Row blocks per swizzle group of the backward grid (the usual GROUP_M of a tiled GEMM).
+_GROUP_N = 8
+# tl.dot operand dtype codes (constexpr ints: one compiled variant per code)
+_DOT_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def _configs(pairs):
@@ -93,16 +107,18 @@ else:
             (128, 128, 32, 4, 4),
         ]
     )
+_MAX_FWD_BLOCK_N = max(c.kwargs["BLOCK_N"] for c in _FWD_CONFIGS)
 
 
 @triton.jit
 def _z_tile(
     h_ptr, w_ptr, rows, row_ok, cols, col_ok, H,
     stride_hn, stride_hk, stride_wv, stride_wk,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """fp32 tile ``hidden[rows] @ weight[cols].T``; masked rows/columns contribute zeros."""
+    """fp32 tile ``hidden[rows] @ weight[cols].T``; masked rows/columns contribute zeros. Operands are
+    cast to the ``DOT_KIND`` dtype per tile (fp32 when interpreting)."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     offs_k = tl.arange(0, BLOCK_H)
     for k0 in range(0, H, BLOCK_H):
@@ -121,23 +137,39 @@ def _z_tile(
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
+        elif DOT_KIND == 1:
+            a = a.to(tl.bfloat16)
+            b = b.to(tl.bfloat16)
+        elif DOT_KIND == 2:
+            a = a.to(tl.float16)
+            b = b.to(tl.float16)
+        else:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     return acc
 
 
 @triton.jit
+def _target_rows(rows, row_ok, row_offset, seq_len):
+    """Target row read by each row, and whether it exists (``rows % seq_len + row_offset < seq_len``)."""
+    return rows + row_offset, row_ok & ((rows % seq_len) + row_offset < seq_len)
+
+
+@triton.jit
 def _fwd_kernel(
     h_ptr, w_ptr, t_ptr, stats_ptr, idx_ptr,
-    N, H, V, split_width, N_BUCKET,
+    N, H, V, split_width, row_offset, seq_len, N_BUCKET,
     stride_hn, stride_hk, stride_wv, stride_wk, stride_tn, stride_tv,
-    TARGET_LOGITS: tl.constexpr, KL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    TARGET_LOGITS: tl.constexpr, KL: tl.constexpr, UPCAST: tl.constexpr, DOT_KIND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """Per-(row, split) online statistics; see ``forward`` for the layout of ``stats`` and ``idx``."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
+    t_rows, t_ok = _target_rows(rows, row_ok, row_offset, seq_len)
     v_start = pid_s * split_width
     v_end = tl.minimum(v_start + split_width, V)
     neg_inf = float("-inf")
@@ -156,7 +188,7 @@ def _fwd_kernel(
         col_ok = cols < v_end
         acc = _z_tile(
             h_ptr, w_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv, stride_wk,
-            UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+            UPCAST, DOT_KIND, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
         )
         z = tl.where(col_ok[None, :], acc, neg_inf)
         tile_max = tl.max(z, 1)
@@ -169,8 +201,8 @@ def _fwd_kernel(
         z0 = tl.where(col_ok[None, :], acc, 0.0)
 
         tv = tl.load(
-            t_ptr + rows[:, None] * stride_tn + cols[None, :] * stride_tv,
-            mask=row_ok[:, None] & col_ok[None, :],
+            t_ptr + t_rows[:, None] * stride_tn + cols[None, :] * stride_tv,
+            mask=t_ok[:, None] & col_ok[None, :],
             other=0.0,
         ).to(tl.float32)
         tv_max = tl.where(col_ok[None, :], tv, neg_inf)
@@ -211,16 +243,28 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_kernel(
     h_ptr, w_ptr, t_ptr, lse_ptr, psum_ptr, tlse_ptr, keep_ptr, g_ptr, dz_ptr,
-    N, H, col0, width, N_BUCKET,
+    N, H, col0, width, row_offset, seq_len, N_BUCKET,
     stride_hn, stride_hk, stride_wv, stride_wk, stride_tn, stride_tv,
-    TARGET_LOGITS: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    TARGET_LOGITS: tl.constexpr, UPCAST: tl.constexpr, DOT_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP_N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """``dz[:, j] = g·keep·(Σp·exp(z[:, col0 + j] - lse) - p)`` for ``j < width``, into a contiguous [N, width]."""
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    """``dz[:, j] = g·keep·(Σp·exp(z[:, col0 + j] - lse) - p)`` for ``j < width``, into a contiguous [N, width].
+
+    1-D grid, swizzled: programs ``pid`` walk the vocab tiles of a group of ``GROUP_N`` row blocks, row
+    block fastest within the group (the GROUP_M ordering of a tiled GEMM), so concurrently running
+    programs share both their hidden rows and their weight columns in L2.
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_v = tl.cdiv(width, BLOCK_V)
+    per_group = GROUP_N * num_v
+    first_n = (pid // per_group) * GROUP_N
+    group_rows = tl.minimum(num_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % group_rows
+    pid_v = (pid % per_group) // group_rows
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
+    t_rows, t_ok = _target_rows(rows, row_ok, row_offset, seq_len)
     local = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     col_ok = local < width
     cols = col0 + local
@@ -232,14 +276,16 @@ def _bwd_kernel(
     else:
         acc = _z_tile(
             h_ptr, w_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv, stride_wk,
-            UPCAST, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+            UPCAST, DOT_KIND, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
         )
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
         psum = tl.load(psum_ptr + rows, mask=row_ok, other=0.0)
         g = tl.load(g_ptr).to(tl.float32)
         q = tl.exp(acc - lse[:, None])
         tv = tl.load(
-            t_ptr + rows[:, None] * stride_tn + cols[None, :] * stride_tv, mask=out_mask, other=0.0
+            t_ptr + t_rows[:, None] * stride_tn + cols[None, :] * stride_tv,
+            mask=t_ok[:, None] & col_ok[None, :],
+            other=0.0,
         ).to(tl.float32)
         if TARGET_LOGITS:
             tlse = tl.load(tlse_ptr + rows, mask=row_ok, other=0.0)
@@ -255,15 +301,25 @@ _fwd = triton.autotune(configs=_FWD_CONFIGS, key=["H", "V", "N_BUCKET"])(_fwd_ke
 _bwd = triton.autotune(configs=_BWD_CONFIGS, key=["H", "N_BUCKET"])(_bwd_kernel)
 
 
+def chosen_configs() -> dict[str, str | None]:
+    """The autotuner's pick for the last shape run, forward and backward (None before the first run)."""
+    return {
+        name: None if getattr(kernel, "best_config", None) is None else str(kernel.best_config)
+        for name, kernel in (("forward", _fwd), ("backward", _bwd))
+    }
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: only fp32 operands read it (tf32 exactly when torch matmul would)."""
-    if dtype != torch.float32 or (not _INTERPRET and torch.backends.cuda.matmul.allow_tf32):
-        return "tf32"
-    return "ieee"
+def _dot_args(dot_dtype: torch.dtype, tf32: bool) -> dict:
+    """Kernel constexprs for the ``tl.dot`` operands: their dtype code and the fp32 input precision."""
+    if dot_dtype not in _DOT_KINDS:
+        raise ValueError(f"dot_dtype must be one of {tuple(_DOT_KINDS)}, got {dot_dtype}")
+    # the interpreter upcasts every tile to fp32 and must stay exact: always "ieee" there
+    precision = "tf32" if not _INTERPRET and (dot_dtype != torch.float32 or tf32) else "ieee"
+    return dict(UPCAST=_INTERPRET, DOT_KIND=_DOT_KINDS[dot_dtype], DOT_PRECISION=precision)
 
 
 def _n_bucket(n: int) -> int:
@@ -271,11 +327,19 @@ def _n_bucket(n: int) -> int:
     return triton.next_power_of_2(max(n, 1))
 
 
-def _num_splits(n: int, v: int, device: torch.device) -> int:
-    """Vocab splits so that the forward grid has about two programs per SM (a handful when interpreting)."""
-    target = 4 if _INTERPRET or device.type != "cuda" else 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    row_blocks = _cdiv(n, 64)
-    return max(1, min(_cdiv(target, row_blocks), _cdiv(v, _SPLIT_ALIGN)))
+def num_splits(n: int, v: int, sm_count: int) -> int:
+    """Vocab splits of the forward grid: at least ``2 * sm_count`` programs whatever ``BLOCK_N`` the
+    autotuner picks (row blocks counted with the largest one), and no split narrower than the alignment."""
+    row_blocks = _cdiv(max(n, 1), _MAX_FWD_BLOCK_N)
+    return max(1, min(_cdiv(2 * sm_count, row_blocks), _cdiv(v, _SPLIT_ALIGN)))
+
+
+def _sm_count(device: torch.device) -> int:
+    # the interpreter runs programs one by one: 6 programs give 3 vocab splits at N = 37, V = 300 (the
+    # tests' shape), which exercises the merge of splits without slowing the tests down
+    if _INTERPRET or device.type != "cuda":
+        return 3
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class ForwardResult(NamedTuple):
@@ -295,11 +359,24 @@ def _first_max_index(values: torch.Tensor, idx: torch.Tensor, best: torch.Tensor
     return idx.gather(0, first.unsqueeze(0)).squeeze(0).to(torch.int64)
 
 
-def forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, is_logits: bool, kl: bool) -> ForwardResult:
+def forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    is_logits: bool,
+    kl: bool,
+    dot_dtype: torch.dtype,
+    tf32: bool = False,
+    row_offset: int = 0,
+    seq_len: int | None = None,
+) -> ForwardResult:
     """Row losses, softmax statistics and argmaxes without materialising ``z``.
 
-    hidden [N, H] and weight [V, H] share one dtype (fp32/fp16/bf16); target [N, V] any float dtype with any
-    strides (probabilities, or logits when ``is_logits``). Inputs are trusted (validated by the caller).
+    hidden [N, H] and weight [V, H] in fp32/fp16/bf16 (they may differ: tiles are cast to ``dot_dtype``);
+    target [N, V] any float dtype with any strides (probabilities, or logits when ``is_logits``), read at
+    row ``n + row_offset`` for row ``n`` while ``n % seq_len + row_offset < seq_len`` (zeros otherwise;
+    ``seq_len`` None means N). Inputs are trusted (validated by the caller).
     """
     n, h = hidden.shape
     v = weight.shape[0]
@@ -308,7 +385,7 @@ def forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *,
         empty_f = torch.zeros(0, dtype=torch.float32, device=dev)
         empty_i = torch.zeros(0, dtype=torch.int64, device=dev)
         return ForwardResult(empty_f, empty_f, empty_f, empty_f if is_logits else None, empty_i, empty_i)
-    splits = _num_splits(n, v, dev)
+    splits = num_splits(n, v, _sm_count(dev))
     split_width = _cdiv(_cdiv(v, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
     splits = _cdiv(v, split_width)
     # stats planes: m, s, t_max, acc1, acc2, acc3 (see the kernel); idx planes: z argmax, target argmax
@@ -317,9 +394,9 @@ def forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *,
     grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     _fwd[grid](
         hidden, weight, target, stats, idx,
-        n, h, v, split_width, _n_bucket(n),
+        n, h, v, split_width, row_offset, seq_len or n, _n_bucket(n),
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), target.stride(0), target.stride(1),
-        TARGET_LOGITS=is_logits, KL=kl, UPCAST=_INTERPRET, DOT_PRECISION=_dot_precision(hidden.dtype),
+        TARGET_LOGITS=is_logits, KL=kl, **_dot_args(dot_dtype, tf32),
     )
     m, s, t_max, acc1, acc2, acc3 = stats.unbind(0)
     m_all = m.amax(0)
@@ -346,23 +423,38 @@ def forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *,
 
 
 @functools.cache
-def _mm_fp32_out_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``torch.mm(..., out_dtype=torch.float32)`` works here (CUDA, torch >= 2.8)."""
+def _fp32_out_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``mm`` / ``addmm`` with ``out_dtype=torch.float32`` work here for ``dtype`` operands (CUDA,
+    torch >= 2.8); elsewhere the product is formed in ``dtype`` and then added."""
     if device_type != "cuda":
         return False
     try:
         a = torch.ones(16, 16, dtype=dtype, device=device_type)
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        acc = torch.zeros(16, 16, dtype=torch.float32, device=device_type)
+        out = torch.empty(16, 16, dtype=torch.float32, device=device_type)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+        torch.mm(a, a, out_dtype=torch.float32, out=out)
+        return bool(acc[0, 0] == 16 and out[0, 0] == 16)
     except (RuntimeError, TypeError, NotImplementedError):
         return False
 
 
-def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``acc += a @ b`` with fp32 ``acc``; the product is formed in fp32 where torch allows it."""
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b`` (operands share a dtype; ``out`` may be wider); fp32 accumulation throughout."""
+    if out.dtype == a.dtype:
+        torch.mm(a, b, out=out)
+    elif out.dtype == torch.float32 and _fp32_out_supported(a.device.type, a.dtype):
+        torch.mm(a, b, out_dtype=torch.float32, out=out)
+    else:
+        out.copy_(torch.mm(a, b))
+
+
+def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` in place with fp32 ``acc`` (no [N, H] temporary where torch allows it)."""
     if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-    elif _mm_fp32_out_supported(a.device.type, a.dtype):
-        acc.add_(torch.mm(a, b, out_dtype=torch.float32))
+        torch.addmm(acc, a, b, out=acc)
+    elif _fp32_out_supported(a.device.type, a.dtype):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     else:
         acc.add_(torch.mm(a, b))
 
@@ -378,12 +470,19 @@ def backward(
     is_logits: bool,
     need_dh: bool,
     need_dw: bool,
+    dot_dtype: torch.dtype,
+    tf32: bool = False,
     width: int | None = None,
+    row_offset: int = 0,
+    seq_len: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients ``(dH [N, H], dW [V, H])`` in the input dtype, recomputing ``z`` chunk by chunk.
+    """Gradients ``(dH [N, H], dW [V, H])`` in the dtypes of ``hidden`` / ``weight``, recomputing ``z``
+    chunk by chunk.
 
-    keep: bool [N] (rows that count); grad_output: 0-dim (any float dtype, on the device, read by the kernel
-    so no host sync happens); width: vocab columns per chunk (None: H rounded up to 256).
+    hidden must already be in ``dot_dtype`` (the GEMMs read it as is); weight may be wider (its chunks are
+    cast to ``dot_dtype`` one at a time). keep: bool [N] (rows that count); grad_output: 0-dim (any float
+    dtype, on the device, read by the kernel so no host sync happens); width: vocab columns per chunk
+    (None: H rounded up to 256); row_offset / seq_len: as in ``forward``.
     """
     n, h = hidden.shape
     v = weight.shape[0]
@@ -401,26 +500,27 @@ def backward(
     keep_f = keep.to(torch.float32)
     g = grad_output.detach().to(device=dev, dtype=torch.float32).reshape(1)
     tlse = fwd.target_lse if is_logits else fwd.lse  # unused by the kernel for probability targets
-    dz_flat = torch.empty(n * width, dtype=hidden.dtype, device=dev)
+    dz_flat = torch.empty(n * width, dtype=dot_dtype, device=dev)
     dh_acc = torch.zeros(n, h, dtype=torch.float32, device=dev) if need_dh and n_chunks > 1 else None
+    dot = _dot_args(dot_dtype, tf32)
     for col0 in range(0, v, width):
         cw = min(width, v - col0)
         dz = dz_flat[: n * cw].view(n, cw)
-        grid = lambda meta, cw=cw: (_cdiv(n, meta["BLOCK_N"]), _cdiv(cw, meta["BLOCK_V"]))  # noqa: E731
+        grid = lambda meta, cw=cw: (_cdiv(n, meta["BLOCK_N"]) * _cdiv(cw, meta["BLOCK_V"]),)  # noqa: E731
         _bwd[grid](
             hidden, weight, target, fwd.lse, fwd.psum, tlse, keep_f, g, dz,
-            n, h, col0, cw, _n_bucket(n),
+            n, h, col0, cw, row_offset, seq_len or n, _n_bucket(n),
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), target.stride(0), target.stride(1),
-            TARGET_LOGITS=is_logits, UPCAST=_INTERPRET, DOT_PRECISION=_dot_precision(hidden.dtype),
+            TARGET_LOGITS=is_logits, GROUP_N=_GROUP_N, **dot,
         )
-        w_chunk = weight[col0 : col0 + cw]
         if need_dw:
-            torch.mm(dz.t(), hidden, out=dw[col0 : col0 + cw])
+            _mm_into(dw[col0 : col0 + cw], dz.t(), hidden)
         if need_dh:
+            w_chunk = weight[col0 : col0 + cw].to(dot_dtype)  # a [width, H] cast at most, never all of W
             if dh_acc is None:
-                torch.mm(dz, w_chunk, out=dh)
+                _mm_into(dh, dz, w_chunk)
             else:
-                _accumulate_mm(dh_acc, dz, w_chunk)
+                _addmm_into(dh_acc, dz, w_chunk)
     if dh_acc is not None:
         dh.copy_(dh_acc)
     return dh, dw
