@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     t0 = time.perf_counter()
     code = args.func(args)
-    print(f"[eagle-ext {args.command}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job
+        print(f"[eagle-ext {args.command}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return code
 
 
