@@ -350,3 +350,22 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
         loop.run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), *common, "data.seq_length=64",
                                                              f"data.cached_target_path={caches['train']}",
                                                              "data.eval_path=null")))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["eagle3", "peagle"])
+def test_recipe_runs_on_cuda_with_bf16_autocast_and_resumes(tmp_path, tiny, algorithm):
+    """On CUDA: bf16 target, fp32 master weights under bf16 autocast, fused AdamW, Triton loss / flex attention;
+    the loss falls and a resumed run continues from the checkpoint."""
+    run = str(tmp_path / "run")
+    extra = ["train.device=cuda", "train.max_steps=12", "checkpoint.every_steps=6", "train.log_every_steps=3"]
+    assert main(["train", "-c", TINY[algorithm], *tiny(run, *extra)]) == 0
+    log = [r for r in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if r["split"] == "train"]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log) and log[-1]["loss"] < log[0]["loss"]
+    weights = _weights(run)
+    assert all(v.dtype in (torch.float32, torch.int64, torch.bool) for v in weights.values())
+    os.remove(os.path.join(run, "checkpoints", "step_00000012", "meta.json"))  # as if killed before step 12 landed
+    with open(os.path.join(run, "checkpoints", "latest"), "w") as f:
+        f.write("step_00000006\n")
+    assert main(["train", "-c", TINY[algorithm], *tiny(run, *extra, "resume=auto")]) == 0
+    assert resolve_checkpoint(run).endswith("step_00000012")
