@@ -9,6 +9,7 @@ _EXPORTS = {
     "check_export": "eagle_ext.serve.export",
     "detect_export_format": "eagle_ext.serve.export",
     "export_draft": "eagle_ext.serve.export",
+    "export_trained_draft": "eagle_ext.serve.export",
     "load_exported_draft": "eagle_ext.serve.export",
     "export_checkpoint": "eagle_ext.serve.export_cli",
     "TargetRunner": "eagle_ext.serve.speculative",

@@ -50,6 +50,8 @@ __all__ = [
     "check_export",
     "detect_export_format",
     "export_draft",
+    "export_trained_draft",
+    "check_algorithm_format",
     "load_exported_draft",
 ]
 
@@ -191,6 +193,53 @@ def _internal_name(name: str, fmt: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ export
+
+
+def check_algorithm_format(algorithm: Any, format: str, source: str) -> None:  # noqa: A002
+    """Refuse a format that cannot hold a recipe run's draft (``algorithm`` from its ``meta.json``).
+
+    Raises:
+        ValueError: ``algorithm`` is not eagle3 / peagle, or ``format`` cannot hold that draft (named with
+            ``source``).
+    """
+    formats = {"eagle3": ("speculators", "sglang"), "peagle": ("speculators", "specforge_peagle")}
+    if algorithm not in formats:
+        raise ValueError(f"{source!r}: meta.json algorithm must be 'eagle3' or 'peagle', got {algorithm!r}")
+    if format not in formats[algorithm]:
+        raise ValueError(f"format={format!r} cannot hold the {algorithm} draft of {source!r}; use "
+                         f"{' or '.join(formats[algorithm])}")
+
+
+def export_trained_draft(
+    draft: Any,
+    meta: dict[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    format: str,  # noqa: A002
+    dtype: str = "bf16",
+    include_embeddings: bool = True,
+    checkpoint: str | None = None,
+) -> str:
+    """:func:`export_draft` of a recipe run's draft, described by its checkpoint ``meta.json`` (algorithm, aux
+    layer ids, target identity, TTT steps or depths); what ``eagle-ext export`` and the end of training call.
+
+    Raises:
+        ValueError: the format cannot hold the draft, or ``meta`` disagrees with the draft.
+    """
+    algorithm = meta.get("algorithm")
+    source = checkpoint or "the run"
+    check_algorithm_format(algorithm, format, source)
+    expected = "peagle" if draft.config.parallel_drafting else "eagle3"
+    if algorithm != expected:
+        raise ValueError(f"{source!r}: meta.json algorithm {algorithm!r} disagrees with its draft ({expected})")
+    target = meta.get("target") or {}
+    depth = meta.get("num_depths") if algorithm == "peagle" else meta.get("ttt_steps")
+    return export_draft(
+        draft, out_dir, format=format, aux_layer_ids=list(meta["aux_layer_ids"]),
+        target_name_or_path=target.get("name_or_path"), target_num_hidden_layers=target.get("num_hidden_layers"),
+        dtype=dtype, include_embeddings=include_embeddings, speculative_tokens=depth or 3,
+        metadata={"checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch")},
+    )
 
 
 def export_draft(

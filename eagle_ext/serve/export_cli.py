@@ -65,7 +65,12 @@ def export_checkpoint(
         ValueError: an unknown ``format`` / ``dtype`` (before anything is loaded), or a checkpoint whose
             draft the format cannot hold; FileNotFoundError: ``src`` names no checkpoint.
     """
-    from eagle_ext.serve.export import EXPORT_DTYPES, EXPORT_FORMATS, export_draft
+    from eagle_ext.serve.export import (
+        EXPORT_DTYPES,
+        EXPORT_FORMATS,
+        check_algorithm_format,
+        export_trained_draft,
+    )
     from eagle_ext.train.checkpoint import load_checkpoint_draft, read_checkpoint_meta, resolve_checkpoint
 
     if format not in EXPORT_FORMATS:
@@ -73,28 +78,11 @@ def export_checkpoint(
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(EXPORT_DTYPES)}, got {dtype!r}")
     checkpoint = resolve_checkpoint(src)
-    algorithm = read_checkpoint_meta(checkpoint).get("algorithm")
-    formats = {"eagle3": ("speculators", "sglang"), "peagle": ("speculators", "specforge_peagle")}
-    if algorithm not in formats:
-        raise ValueError(f"checkpoint {checkpoint!r}: meta.json algorithm must be 'eagle3' or 'peagle', got "
-                         f"{algorithm!r}")
-    if format not in formats[algorithm]:  # checked before the draft loads
-        raise ValueError(f"format={format!r} cannot hold the {algorithm} draft of checkpoint {checkpoint!r}; use "
-                         f"{' or '.join(formats[algorithm])}")
+    check_algorithm_format(read_checkpoint_meta(checkpoint).get("algorithm"), format, checkpoint)  # before loading
     draft, meta = load_checkpoint_draft(checkpoint)
-    expected = "peagle" if draft.config.parallel_drafting else "eagle3"
-    if algorithm != expected:
-        raise ValueError(f"checkpoint {checkpoint!r}: meta.json algorithm {algorithm!r} disagrees with its draft "
-                         f"({expected})")
-    target = meta.get("target") or {}
-    depth = meta.get("num_depths") if algorithm == "peagle" else meta.get("ttt_steps")
     out = default_export_dir(checkpoint, format) if out is None else out
-    return export_draft(
-        draft, out, format=format, aux_layer_ids=list(meta["aux_layer_ids"]),
-        target_name_or_path=target.get("name_or_path"), target_num_hidden_layers=target.get("num_hidden_layers"),
-        dtype=dtype, include_embeddings=include_embeddings, speculative_tokens=depth or 3,
-        metadata={"checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch")},
-    )
+    return export_trained_draft(draft, meta, out, format=format, dtype=dtype, include_embeddings=include_embeddings,
+                                checkpoint=checkpoint)
 
 
 def run(args: argparse.Namespace) -> int:

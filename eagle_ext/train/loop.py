@@ -577,6 +577,20 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
         emit({"phase": cfg.algorithm, "split": "eval", "step": step, "epoch": epoch, **result})
         return result
 
+    def run_meta() -> dict:
+        """The checkpoint's meta.json (less the step and format version) at this point of the run."""
+        return {
+            "epoch": epoch, "batches_in_epoch": consumed, "world_size": ctx.world_size,
+            "algorithm": cfg.algorithm, "aux_layer_ids": aux_layer_ids,
+            "target": {"name_or_path": target_name, "model_type": getattr(text_config, "model_type", None),
+                       "num_hidden_layers": num_layers, "hidden_size": int(text_config.hidden_size),
+                       "vocab_size": vocab_size},
+            "draft_vocab_size": draft_vocab,
+            "ttt_steps": cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else None,
+            "num_depths": cfg.peagle.num_depths if cfg.algorithm == "peagle" else None,
+            "mask_token_id": cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None,
+        }
+
     def save() -> str:
         states = all_gather_objects(capture_rng_state(generators), ctx)
         digests = all_gather_objects(_weights_digest(draft), ctx)
@@ -585,18 +599,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
                           "diverged", RuntimeWarning, stacklevel=1)
         path = None
         if ctx.is_main:
-            meta = {
-                "rank_weight_digests": digests,
-                "epoch": epoch, "batches_in_epoch": consumed, "world_size": ctx.world_size,
-                "algorithm": cfg.algorithm, "aux_layer_ids": aux_layer_ids,
-                "target": {"name_or_path": target_name, "model_type": getattr(text_config, "model_type", None),
-                           "num_hidden_layers": num_layers, "hidden_size": int(text_config.hidden_size),
-                           "vocab_size": vocab_size},
-                "draft_vocab_size": draft_vocab,
-                "ttt_steps": cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else None,
-                "num_depths": cfg.peagle.num_depths if cfg.algorithm == "peagle" else None,
-                "mask_token_id": cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None,
-            }
+            meta = {"rank_weight_digests": digests, **run_meta()}
             path = save_training_checkpoint(
                 checkpoint_dir, step=step, draft=draft, selected_token_ids=selected_ids,
                 selected_token_mask=selected_mask, optimizer=optimizer, scheduler=scheduler, rng_states=states,
@@ -683,11 +686,12 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             last_checkpoint = save()
         exports: dict[str, str] = {}
         if ctx.is_main and cfg.checkpoint.export_formats:
-            from eagle_ext.serve.export_cli import export_checkpoint
+            from eagle_ext.serve.export import export_trained_draft
 
             for fmt in cfg.checkpoint.export_formats:
-                exports[fmt] = export_checkpoint(last_checkpoint, fmt,
-                                                 out=os.path.join(cfg.output_dir, "export", fmt))
+                exports[fmt] = export_trained_draft(draft, {"step": step, **run_meta()},
+                                                    os.path.join(cfg.output_dir, "export", fmt), format=fmt,
+                                                    checkpoint=last_checkpoint)
                 _log_main(ctx, f"exported {fmt}: {exports[fmt]}")
         return TrainResult(step=step, checkpoint=last_checkpoint, exports=exports, train_metrics=last_train,
                            eval_metrics=last_eval)
