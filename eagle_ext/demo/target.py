@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from eagle_ext._io import atomic_directory
 from eagle_ext.data.fingerprint import digest
-from eagle_ext.train.optim import build_optimizer
 from eagle_ext.models.target import build_block_causal_additive_mask
+from eagle_ext.train.optim import build_optimizer
 
 __all__ = ["demo_target_config", "evaluate_target", "load_or_pretrain_target", "pretrain_target", "target_lm_loss"]
 

@@ -65,13 +65,13 @@ def export_checkpoint(
         ValueError: an unknown ``format`` / ``dtype`` (before anything is loaded), or a checkpoint whose
             draft the format cannot hold; FileNotFoundError: ``src`` names no checkpoint.
     """
+    from eagle_ext.serve.checkpoints import load_checkpoint_draft, read_checkpoint_meta, resolve_checkpoint
     from eagle_ext.serve.export import (
         EXPORT_DTYPES,
         EXPORT_FORMATS,
         check_algorithm_format,
         export_trained_draft,
     )
-    from eagle_ext.train.checkpoint import load_checkpoint_draft, read_checkpoint_meta, resolve_checkpoint
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
