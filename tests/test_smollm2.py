@@ -71,6 +71,10 @@ def fake_conversion(monkeypatch, tmp_path):
 
     monkeypatch.setattr(smollm2, "smollm2_gguf_path", lambda: str(gguf))
     monkeypatch.setattr(smollm2, "_convert", convert)
+    # the conversion's dependencies count as installed (the stand-in converter needs neither); a test hides one
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in ("gguf", "accelerate") else real(name, *a))
     return gguf, calls
 
 
