@@ -7,11 +7,15 @@
 //              the least free space that still fits them; fewer rows, less padding.
 // Empty documents get row -1; documents longer than the capacity are truncated to it.
 //
-// Rows are written from flat int64 buffers (token ids, loss mask, document offsets), either as [rows, W]
-// tensors or as one set of [W] tensors per row. flatten_sample_values fills those buffers from per-sample
-// Python lists in one pass, without a tensor per sample.
+// Rows are written from flat buffers (token ids and loss mask in any integer dtype, int64 document offsets),
+// either as [rows, W] int64 tensors or as one set of [W] int64 tensors per row, rows in parallel.
+// flatten_sample_values fills those buffers from per-sample Python lists in one pass, without a tensor per
+// sample.
 
 #include "ops.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <numeric>
@@ -123,15 +127,24 @@ struct RowBuffers {
   int64_t* rem;
 };
 
-// Validate flat documents and their row assignment before anything is written; return the number of
-// documents in each row.
-std::vector<int64_t> docs_per_row(const int64_t* op, const int64_t* rp, int64_t n, int64_t total, int64_t num_rows,
-                                  int64_t capacity) {
+// The documents of each row in input order, as CSR: row r holds doc_index[row_ptr[r] .. row_ptr[r + 1]).
+struct RowDocs {
+  std::vector<int64_t> row_ptr;
+  std::vector<int64_t> doc_index;
+  int64_t num_docs(int64_t r) const { return row_ptr[r + 1] - row_ptr[r]; }
+  const int64_t* docs(int64_t r) const { return doc_index.data() + row_ptr[r]; }
+};
+
+// Validate flat documents and their row assignment before anything is written; return each row's documents.
+RowDocs rows_of_docs(const int64_t* op, const int64_t* rp, int64_t n, int64_t total, int64_t num_rows,
+                     int64_t capacity) {
   TORCH_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
   TORCH_CHECK(num_rows >= 0, "num_rows must be >= 0, got ", num_rows);
   TORCH_CHECK(n == 0 || op[0] == 0, "offsets[0] must be 0, got ", n == 0 ? 0 : op[0]);
   TORCH_CHECK(op[n] == total, "offsets[-1] must equal len(token_ids) = ", total, ", got ", op[n]);
-  std::vector<int64_t> row_used(num_rows, 0), row_docs(num_rows, 0);
+  std::vector<int64_t> row_used(num_rows, 0);
+  RowDocs out;
+  out.row_ptr.assign(num_rows + 1, 0);
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(op[i + 1] >= op[i], "offsets must be non-decreasing, got offsets[", i, "] = ", op[i],
                 " > offsets[", i + 1, "] = ", op[i + 1]);
@@ -144,54 +157,89 @@ std::vector<int64_t> docs_per_row(const int64_t* op, const int64_t* rp, int64_t 
     TORCH_CHECK(r < num_rows, "row_of_doc[", i, "] = ", r, " is out of range for num_rows = ", num_rows);
     TORCH_CHECK(l > 0, "row_of_doc[", i, "] = ", r, " but document ", i, " is empty (expected -1)");
     row_used[r] += l;
-    row_docs[r] += 1;
+    out.row_ptr[r + 1] += 1;
     TORCH_CHECK(row_used[r] <= capacity, "row ", r, " overflows capacity ", capacity);
   }
   for (int64_t r = 0; r < num_rows; ++r) {
-    TORCH_CHECK(row_docs[r] > 0, "row ", r, " holds no document");
+    TORCH_CHECK(out.row_ptr[r + 1] > 0, "row ", r, " holds no document");
+    out.row_ptr[r + 1] += out.row_ptr[r];
   }
-  return row_docs;
+  // Counting sort by row; scanning documents in order keeps them in order within each row.
+  out.doc_index.resize(out.row_ptr[num_rows]);
+  std::vector<int64_t> cursor(out.row_ptr.begin(), out.row_ptr.end() - 1);
+  for (int64_t i = 0; i < n; ++i) {
+    if (rp[i] >= 0) out.doc_index[cursor[rp[i]]++] = i;
+  }
+  return out;
 }
 
-// Write every document into its row (after the row's earlier documents), then each row's trailing pad:
-// positions continue the last document (clamped to capacity - 1) and the pad count is folded into that
-// document's length, so every row's seq_lens sums to the capacity. seq_lens[r] must be empty on entry.
-void write_rows(const int64_t* idp, const int64_t* lmp, const int64_t* op, const int64_t* rp, int64_t n,
-                int64_t capacity, int64_t pad_token_id, const std::vector<RowBuffers>& rows,
-                std::vector<std::vector<int64_t>>& seq_lens) {
-  const int64_t num_rows = static_cast<int64_t>(rows.size());
-  std::vector<int64_t> cursor(num_rows, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = rp[i];
-    if (r < 0) continue;
+// Write one row: its documents one after another, then the trailing pad, whose positions continue the last
+// document (clamped to capacity - 1) and whose length is folded into that document's entry of seq_lens
+// (num_docs entries), so every row's seq_lens sums to the capacity. Ids and loss mask are read in their own
+// dtypes (Id, Loss) and widened to int64 as they are written.
+template <typename Id, typename Loss>
+void write_row(const Id* ids, const Loss* loss, const int64_t* op, const int64_t* docs, int64_t num_docs,
+               int64_t capacity, int64_t pad_token_id, const RowBuffers& row, int64_t* seq_lens) {
+  int64_t* __restrict__ o_ids = row.ids;
+  int64_t* __restrict__ o_loss = row.loss;
+  int64_t* __restrict__ o_attn = row.attn;
+  int64_t* __restrict__ o_pos = row.pos;
+  int64_t* __restrict__ o_rem = row.rem;
+  int64_t c = 0;
+  for (int64_t k = 0; k < num_docs; ++k) {
+    const int64_t i = docs[k];
     const int64_t l = std::min(op[i + 1] - op[i], capacity);
-    const RowBuffers& row = rows[r];
-    const int64_t c = cursor[r];
-    const int64_t* src_ids = idp + op[i];
-    const int64_t* src_loss = lmp + op[i];
-    for (int64_t j = 0; j < l; ++j) {
-      row.ids[c + j] = src_ids[j];
-      row.loss[c + j] = src_loss[j] != 0 ? 1 : 0;
-      row.attn[c + j] = 1;
-      row.pos[c + j] = j;
-      row.rem[c + j] = l - 1 - j;
-    }
-    seq_lens[r].push_back(l);
-    cursor[r] += l;
+    const Id* __restrict__ src_ids = ids + op[i];
+    const Loss* __restrict__ src_loss = loss + op[i];
+    // One loop per output: each is a widening copy, a compare, a fill or a ramp that the compiler
+    // vectorises, where one loop storing to five arrays stays scalar.
+    for (int64_t j = 0; j < l; ++j) o_ids[c + j] = static_cast<int64_t>(src_ids[j]);
+    for (int64_t j = 0; j < l; ++j) o_loss[c + j] = src_loss[j] != 0 ? 1 : 0;
+    for (int64_t j = 0; j < l; ++j) o_attn[c + j] = 1;
+    for (int64_t j = 0; j < l; ++j) o_pos[c + j] = j;
+    for (int64_t j = 0; j < l; ++j) o_rem[c + j] = l - 1 - j;
+    seq_lens[k] = l;
+    c += l;
   }
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const RowBuffers& row = rows[r];
-    const int64_t c = cursor[r];
-    const int64_t last = seq_lens[r].back();
-    for (int64_t j = 0; j < capacity - c; ++j) {
-      row.ids[c + j] = pad_token_id;
-      row.loss[c + j] = 0;
-      row.attn[c + j] = 0;
-      row.pos[c + j] = std::min(last + j, capacity - 1);
-      row.rem[c + j] = 0;
-    }
-    seq_lens[r].back() += capacity - c;
-  }
+  const int64_t last = seq_lens[num_docs - 1];
+  for (int64_t j = c; j < capacity; ++j) o_ids[j] = pad_token_id;
+  for (int64_t j = c; j < capacity; ++j) o_loss[j] = 0;
+  for (int64_t j = c; j < capacity; ++j) o_attn[j] = 0;
+  for (int64_t j = c; j < capacity; ++j) o_pos[j] = std::min(last + j - c, capacity - 1);
+  for (int64_t j = c; j < capacity; ++j) o_rem[j] = 0;
+  seq_lens[num_docs - 1] += capacity - c;
+}
+
+// Call fn(ids, loss) with typed pointers to the flat buffers in their own dtypes: Arrow columns usually hold
+// int32 ids and int8 masks, and reading them as they are saves a widening copy of every token.
+template <typename Fn>
+void with_token_buffers(const torch::Tensor& ids, const torch::Tensor& loss, const Fn& fn) {
+  AT_DISPATCH_INTEGRAL_TYPES(ids.scalar_type(), "token_ids", [&] {
+    const scalar_t* id_ptr = ids.data_ptr<scalar_t>();
+    AT_DISPATCH_INTEGRAL_TYPES_AND(at::kBool, loss.scalar_type(), "loss_mask",
+                                   [&] { fn(id_ptr, loss.data_ptr<scalar_t>()); });
+  });
+}
+
+// Rows are independent once each knows its documents, so they are written in parallel (torch's intra-op
+// threads, torch.get_num_threads()); the output is the same for any thread count. Each row writes 5 x W
+// int64, so one row per task already amortises the scheduling.
+template <typename Fn>
+void for_each_row(int64_t num_rows, const Fn& fn) {
+  at::parallel_for(0, num_rows, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r);
+  });
+}
+
+void check_1d_tokens(const torch::Tensor& t, const char* name, bool allow_bool) {
+  TORCH_CHECK(t.dim() == 1, name, " must be a 1-D tensor, got shape ", t.sizes());
+  const auto dtype = t.scalar_type();
+  const bool readable = dtype == torch::kInt8 || dtype == torch::kUInt8 || dtype == torch::kInt16 ||
+                        dtype == torch::kInt32 || dtype == torch::kInt64 || (allow_bool && dtype == torch::kBool);
+  TORCH_CHECK(readable, name,
+              " must be an integer tensor (int8, uint8, int16, int32 or int64", allow_bool ? " or bool" : "",
+              "), got ", dtype);
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
 struct FlatInputs {
@@ -200,8 +248,8 @@ struct FlatInputs {
 
 FlatInputs check_flat_inputs(const torch::Tensor& token_ids, const torch::Tensor& loss_mask,
                              const torch::Tensor& offsets, const torch::Tensor& row_of_doc) {
-  check_1d_int64(token_ids, "token_ids");
-  check_1d_int64(loss_mask, "loss_mask");
+  check_1d_tokens(token_ids, "token_ids", /*allow_bool=*/false);
+  check_1d_tokens(loss_mask, "loss_mask", /*allow_bool=*/true);
   check_1d_int64(offsets, "offsets");
   check_1d_int64(row_of_doc, "row_of_doc");
   TORCH_CHECK(offsets.numel() == row_of_doc.numel() + 1, "offsets must have len(row_of_doc) + 1 = ",
@@ -219,9 +267,9 @@ std::vector<torch::Tensor> fill_packed_rows(const torch::Tensor& token_ids, cons
   const FlatInputs in = check_flat_inputs(token_ids, loss_mask, offsets, row_of_doc);
   const int64_t n = in.row_of_doc.numel();
   const int64_t* op = in.offsets.data_ptr<int64_t>();
-  const int64_t* rp = in.row_of_doc.data_ptr<int64_t>();
-  const std::vector<int64_t> row_docs = docs_per_row(op, rp, n, in.ids.numel(), num_rows, capacity);
-  const int64_t max_docs = num_rows == 0 ? 0 : *std::max_element(row_docs.begin(), row_docs.end());
+  const RowDocs plan = rows_of_docs(op, in.row_of_doc.data_ptr<int64_t>(), n, in.ids.numel(), num_rows, capacity);
+  int64_t max_docs = 0;
+  for (int64_t r = 0; r < num_rows; ++r) max_docs = std::max(max_docs, plan.num_docs(r));
 
   auto opts = torch::TensorOptions().dtype(torch::kInt64);
   auto out_ids = torch::empty({num_rows, capacity}, opts);
@@ -229,24 +277,20 @@ std::vector<torch::Tensor> fill_packed_rows(const torch::Tensor& token_ids, cons
   auto out_attn = torch::empty({num_rows, capacity}, opts);
   auto out_pos = torch::empty({num_rows, capacity}, opts);
   auto out_rem = torch::empty({num_rows, capacity}, opts);
-  std::vector<RowBuffers> rows(num_rows);
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const int64_t at = r * capacity;
-    rows[r] = {out_ids.data_ptr<int64_t>() + at, out_loss.data_ptr<int64_t>() + at, out_attn.data_ptr<int64_t>() + at,
-               out_pos.data_ptr<int64_t>() + at, out_rem.data_ptr<int64_t>() + at};
-  }
-  std::vector<std::vector<int64_t>> seq_lens(num_rows);
-  write_rows(in.ids.data_ptr<int64_t>(), in.loss.data_ptr<int64_t>(), op, rp, n, capacity, pad_token_id, rows,
-             seq_lens);
-
   auto out_seq = torch::zeros({num_rows, max_docs}, opts);
   auto out_ndocs = torch::empty({num_rows}, opts);
   int64_t* o_seq = out_seq.data_ptr<int64_t>();
   int64_t* o_nd = out_ndocs.data_ptr<int64_t>();
-  for (int64_t r = 0; r < num_rows; ++r) {
-    std::copy(seq_lens[r].begin(), seq_lens[r].end(), o_seq + r * max_docs);
-    o_nd[r] = row_docs[r];
-  }
+  with_token_buffers(in.ids, in.loss, [&](const auto* idp, const auto* lmp) {
+    for_each_row(num_rows, [&](int64_t r) {
+      const int64_t at = r * capacity;
+      const RowBuffers row{out_ids.data_ptr<int64_t>() + at, out_loss.data_ptr<int64_t>() + at,
+                           out_attn.data_ptr<int64_t>() + at, out_pos.data_ptr<int64_t>() + at,
+                           out_rem.data_ptr<int64_t>() + at};
+      write_row(idp, lmp, op, plan.docs(r), plan.num_docs(r), capacity, pad_token_id, row, o_seq + r * max_docs);
+      o_nd[r] = plan.num_docs(r);
+    });
+  });
   return {out_ids, out_loss, out_attn, out_pos, out_rem, out_seq, out_ndocs};
 }
 
@@ -256,26 +300,26 @@ std::vector<PackedRow> packed_row_list(const torch::Tensor& token_ids, const tor
   const FlatInputs in = check_flat_inputs(token_ids, loss_mask, offsets, row_of_doc);
   const int64_t n = in.row_of_doc.numel();
   const int64_t* op = in.offsets.data_ptr<int64_t>();
-  const int64_t* rp = in.row_of_doc.data_ptr<int64_t>();
-  docs_per_row(op, rp, n, in.ids.numel(), num_rows, capacity);
+  const RowDocs plan = rows_of_docs(op, in.row_of_doc.data_ptr<int64_t>(), n, in.ids.numel(), num_rows, capacity);
 
   // One allocation per row tensor: each row owns its memory, so pickling or sending one row to a
-  // dataloader worker never drags the whole packed set along.
+  // dataloader worker never drags the whole packed set along, and freeing rows frees their memory. Each
+  // task allocates its own rows, so allocation and first touch of the pages run in parallel too.
   auto opts = torch::TensorOptions().dtype(torch::kInt64);
   std::vector<PackedRow> out(num_rows);
-  std::vector<RowBuffers> rows(num_rows);
-  for (int64_t r = 0; r < num_rows; ++r) {
-    PackedRow& row = out[r];
-    row = PackedRow{torch::empty({capacity}, opts), torch::empty({capacity}, opts), torch::empty({capacity}, opts),
-                    torch::empty({capacity}, opts), torch::empty({capacity}, opts), {}};
-    rows[r] = {std::get<0>(row).data_ptr<int64_t>(), std::get<1>(row).data_ptr<int64_t>(),
-               std::get<2>(row).data_ptr<int64_t>(), std::get<3>(row).data_ptr<int64_t>(),
-               std::get<4>(row).data_ptr<int64_t>()};
-  }
-  std::vector<std::vector<int64_t>> seq_lens(num_rows);
-  write_rows(in.ids.data_ptr<int64_t>(), in.loss.data_ptr<int64_t>(), op, rp, n, capacity, pad_token_id, rows,
-             seq_lens);
-  for (int64_t r = 0; r < num_rows; ++r) std::get<5>(out[r]) = std::move(seq_lens[r]);
+  with_token_buffers(in.ids, in.loss, [&](const auto* idp, const auto* lmp) {
+    for_each_row(num_rows, [&](int64_t r) {
+      PackedRow& row = out[r];
+      row = PackedRow{torch::empty({capacity}, opts), torch::empty({capacity}, opts), torch::empty({capacity}, opts),
+                      torch::empty({capacity}, opts), torch::empty({capacity}, opts),
+                      std::vector<int64_t>(plan.num_docs(r))};
+      const RowBuffers buffers{std::get<0>(row).data_ptr<int64_t>(), std::get<1>(row).data_ptr<int64_t>(),
+                               std::get<2>(row).data_ptr<int64_t>(), std::get<3>(row).data_ptr<int64_t>(),
+                               std::get<4>(row).data_ptr<int64_t>()};
+      write_row(idp, lmp, op, plan.docs(r), plan.num_docs(r), capacity, pad_token_id, buffers,
+                std::get<5>(row).data());
+    });
+  });
   return out;
 }
 

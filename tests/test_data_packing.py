@@ -281,6 +281,58 @@ def test_int32_ids_and_int8_masks_from_arrow_match_the_tensor_path():
     _assert_same_rows(rows, _tensor_path(docs, 16))
 
 
+ARROW_INT_TYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
+
+
+def _typed_docs(ids_type):
+    """Empty, length-1, longer-than-W (W = 8) and exactly-W documents whose ids cycle through the extremes of
+    ``ids_type`` (kept below 2**40 for the 64-bit types) and whose loss values include 2."""
+    import numpy as np
+
+    info = np.iinfo(ids_type)
+    lo, hi = max(int(info.min), -(2**40)), min(int(info.max), 2**40)
+    pattern, loss_pattern = [lo, hi, 0, 1, 5, hi - 1], [2, 0, 1, 0, 3]
+    docs, k = [], 0
+    for n in (0, 1, 3, 20, 0, 3, 2, 8, 1):
+        docs.append(([pattern[(k + j) % 6] for j in range(n)], [loss_pattern[(k + j) % 5] for j in range(n)]))
+        k += n
+    return docs
+
+
+@pytest.mark.parametrize("ids_type", ARROW_INT_TYPES)
+@pytest.mark.parametrize(
+    ("loss_type", "batch_rows"), [("bool", None), ("int8", 2), ("uint8", None), ("int32", 4)]
+)
+def test_arrow_columns_of_every_integer_type_match_the_tensor_path(ids_type, loss_type, batch_rows):
+    pa = pytest.importorskip("pyarrow")
+    docs = _typed_docs(ids_type)
+    table = _arrow_table(docs, pa.from_numpy_dtype(ids_type), pa.from_numpy_dtype(loss_type), batch_rows)
+    rows = build_packed_eagle3_dataset(table, 8, pad_token_id=3)
+    _assert_same_rows(rows, _tensor_path(docs, 8, pad_token_id=3))
+    ids, loss, offsets = flatten_documents(table)  # the public flat buffers stay int64, masks 0 / 1
+    assert ids.dtype == loss.dtype == offsets.dtype == torch.int64
+    assert ids.tolist() == [t for d in docs for t in d[0]]
+    assert loss.tolist() == [int(x != 0) for d in docs for x in d[1]]
+
+
+def test_narrow_arrow_columns_are_read_in_place():
+    pa = pytest.importorskip("pyarrow")
+    from eagle_ext.data.packing import _flat_documents
+
+    docs = _random_docs(seed=6)
+    table = _arrow_table(docs, pa.int32(), pa.int8())
+    ids, loss, _ = _flat_documents(table)
+    assert ids.dtype == torch.int32 and loss.dtype == torch.int8
+    for got, name in ((ids, "input_ids"), (loss, "loss_mask")):  # one chunk: no copy at all
+        values = table[name].chunks[0].values
+        assert got.data_ptr() == values.buffers()[1].address + values.offset * got.element_size()
+    chunked = _arrow_table(docs, pa.int32(), pa.int8(), batch_rows=7)
+    ids, loss, _ = _flat_documents(chunked)  # several chunks: one narrow concatenation, no widening
+    assert ids.dtype == torch.int32 and loss.dtype == torch.int8
+    assert ids.tolist() == [t for d in docs for t in d[0]]
+    assert loss.tolist() == [x for d in docs for x in d[1]]
+
+
 def test_dataset_selection_order_is_honoured():
     datasets = pytest.importorskip("datasets")
     pa = pytest.importorskip("pyarrow")

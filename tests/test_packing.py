@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eagle_ext._ext import load_extension
 from eagle_ext.ops.packing import fill_packed_rows, flatten_sample_values, pack_documents, packed_row_list
 from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows
 
@@ -191,3 +192,112 @@ def test_flatten_sample_values_reads_every_integer_kind():
 def test_flatten_sample_values_bad_input(ids, loss, error, match):
     with pytest.raises(error, match=match):
         flatten_sample_values(ids, loss)
+
+
+# ---- narrow token buffers and the parallel row writers -------------------------------------------------
+
+
+EDGE_LENGTHS = [0, 1, 3, 6, 0, 4, 1, 2, 5]  # at W = 4: empty, length-1, exactly-W and longer-than-W documents
+
+
+def _edge_case(dtype=torch.int64):
+    """Flat documents of EDGE_LENGTHS packed greedily at W = 4 into an odd number of rows. The ids cycle
+    through ``dtype``'s extremes, 0 and 1, so a narrow read that loses the sign or the high bit shows; loss
+    values other than 0 / 1 must come out as 1."""
+    info = torch.iinfo(dtype)
+    total = sum(EDGE_LENGTHS)
+    pattern = [info.min, info.max, 0, 1, info.min + 1, info.max - 1, 5]
+    ids = torch.tensor([pattern[i % len(pattern)] for i in range(total)], dtype=torch.int64)
+    loss = torch.tensor([(2, 0, -1, 1, 3)[i % 5] for i in range(total)], dtype=torch.int64)
+    offsets = torch.tensor([0, *torch.tensor(EDGE_LENGTHS).cumsum(0).tolist()], dtype=torch.int64)
+    rows, num_rows = pack_documents(torch.tensor(EDGE_LENGTHS), 4, "greedy")
+    return ids, loss, offsets, rows, num_rows
+
+
+def _with_threads(n, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+ROW_TENSOR_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining")
+
+
+@pytest.mark.parametrize(
+    ("ids_dtype", "loss_dtype"),
+    [(torch.int8, torch.bool), (torch.uint8, torch.uint8), (torch.int16, torch.int8),
+     (torch.int32, torch.int8), (torch.int32, torch.bool), (torch.int64, torch.int32),
+     (torch.int16, torch.int64)],
+)
+def test_narrow_buffers_are_read_as_int64(ids_dtype, loss_dtype):
+    ids, loss, offsets, rows, num_rows = _edge_case(ids_dtype)
+    want_dense = fill_packed_rows(ids, loss, offsets, rows, num_rows, 4, pad_token_id=7)
+    want_list = packed_row_list(ids, loss, offsets, rows, num_rows, 4, pad_token_id=7)
+    narrow_ids = ids.to(ids_dtype)
+    narrow_loss = (loss != 0) if loss_dtype == torch.bool else loss.to(loss_dtype)
+    assert torch.equal(narrow_ids.long(), ids)  # every id fits, so any difference is the reader's
+    dense = fill_packed_rows(narrow_ids, narrow_loss, offsets, rows, num_rows, 4, pad_token_id=7)
+    listed = packed_row_list(narrow_ids, narrow_loss, offsets, rows, num_rows, 4, pad_token_id=7)
+    for key, want in want_dense.items():
+        assert dense[key].dtype == torch.int64 and torch.equal(dense[key], want), key
+    for got, want in zip(listed, want_list, strict=True):
+        assert got["seq_lens"] == want["seq_lens"]
+        for key in ROW_TENSOR_KEYS:
+            assert got[key].dtype == torch.int64 and torch.equal(got[key], want[key]), key
+    info = torch.iinfo(ids_dtype)
+    assert want_dense["input_ids"][0].tolist() == [info.min, info.max, 0, 1]  # documents 1 and 2 fill row 0
+    assert set(want_dense["loss_mask"].flatten().tolist()) == {0, 1}
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=lengths_st, capacity=st.integers(min_value=1, max_value=50),
+       strategy=st.sampled_from(["greedy", "best_fit"]), threads=st.sampled_from([2, 3, 4]))
+def test_parallel_rows_equal_serial_rows(lengths, capacity, strategy, threads):
+    docs = _docs(lengths, seed=2)
+    rows, num_rows = pack_documents(torch.tensor(lengths, dtype=torch.int64), capacity, strategy)
+    args = (*_flat(docs), rows, num_rows, capacity, 7)
+    serial_dense = _with_threads(1, lambda: fill_packed_rows(*args))
+    serial_list = _with_threads(1, lambda: packed_row_list(*args))
+    dense = _with_threads(threads, lambda: fill_packed_rows(*args))
+    listed = _with_threads(threads, lambda: packed_row_list(*args))
+    for key, want in serial_dense.items():
+        assert torch.equal(dense[key], want), key
+    assert len(listed) == len(serial_list) == num_rows
+    for got, want in zip(listed, serial_list, strict=True):
+        assert got["seq_lens"] == want["seq_lens"]
+        for key in ROW_TENSOR_KEYS:
+            assert torch.equal(got[key], want[key]), key
+            assert got[key].untyped_storage().nbytes() == capacity * 8
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_parallel_rows_on_edge_documents(threads):
+    ids, loss, offsets, rows, num_rows = _edge_case(torch.int32)
+    assert num_rows % 2 == 1 and (rows == -1).any()  # an odd row count and empty documents
+    bounds = zip(offsets[:-1].tolist(), offsets[1:].tolist())
+    docs = [(ids[a:b].tolist(), loss[a:b].tolist()) for a, b in bounds]
+    expected = fill_rows(docs, rows.tolist(), num_rows, 4, pad_token_id=7)
+    args = (ids.int(), loss.char(), offsets, rows, num_rows, 4, 7)
+    listed = _with_threads(threads, lambda: packed_row_list(*args))
+    dense = _with_threads(threads, lambda: fill_packed_rows(*args))
+    for r, want in enumerate(expected):
+        assert listed[r]["seq_lens"] == want["seq_lens"]
+        for key in ROW_TENSOR_KEYS:
+            assert listed[r][key].tolist() == want[key] and dense[key][r].tolist() == want[key], key
+
+
+def test_unreadable_token_dtypes_are_rejected():
+    ids, loss, offsets, rows, num_rows = _edge_case()
+    with pytest.raises(TypeError, match="token_ids must be an integer tensor, got dtype torch.float32"):
+        packed_row_list(ids.float(), loss, offsets, rows, num_rows, 4)
+    with pytest.raises(TypeError, match="token_ids must be an integer tensor, got dtype torch.bool"):
+        fill_packed_rows(ids != 0, loss, offsets, rows, num_rows, 4)
+    raw = load_extension()  # the C++ check behind the wrappers' conversion
+    match = r"token_ids must be an integer tensor \(int8, uint8, int16, int32 or int64\), got Float"
+    with pytest.raises(RuntimeError, match=match):
+        raw.packed_row_list(ids.float(), loss, offsets, rows, num_rows, 4, 0)
+    with pytest.raises(RuntimeError, match=r"loss_mask must be an integer tensor \(.* or bool\), got Double"):
+        raw.fill_packed_rows(ids, loss.double(), offsets, rows, num_rows, 4, 0)

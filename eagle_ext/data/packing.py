@@ -11,7 +11,9 @@ layout, ``"best_fit"`` (best-fit decreasing) leaves less padding. Row layout (au
 - ``seq_lens``: per-document lengths with the trailing pad folded into the last one (sums to ``W``).
 
 No per-token Python runs here: list input is read into flat buffers by one C++ pass over the Python ints,
-Arrow input (tables, list columns, ``datasets.Dataset``) through its buffers, and the op writes the rows.
+Arrow input (tables, list columns, ``datasets.Dataset``) through its buffers in their own integer dtypes
+(int32 ids and int8 masks are not widened first), and the op writes the rows in parallel on torch's
+intra-op threads.
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ def check_packing_args(packed_sequence_size, strategy: str) -> None:
         raise ValueError(f"strategy must be one of {PACKING_STRATEGIES}, got {strategy!r}")
 
 
+# numpy dtypes the row writers read as they are (eagle_ext.ops.packing); other integer columns are widened.
+_NARROW_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_)
+
+
 def _arrow_column(name: str, column) -> tuple[np.ndarray, np.ndarray]:
     """An Arrow list column (``Array`` or ``ChunkedArray``) as ``(values, lengths int64 [N])`` numpy arrays.
 
-    ``values`` is int64 and shares the Arrow buffer when the column is one chunk of int64 lists; otherwise
-    (int32 ids, int8 / bool masks, several chunks) it is built by one vectorised copy.
+    ``values`` keeps the column's integer dtype when the row writers read it (int8 / uint8 / int16 / int32 /
+    int64 / bool; other integers become int64) and shares the Arrow buffer when the column is one chunk;
+    several chunks are concatenated in that dtype (a copy of the narrow values, not of int64 ones).
     """
     import pyarrow as pa
 
@@ -77,13 +84,15 @@ def _arrow_column(name: str, column) -> tuple[np.ndarray, np.ndarray]:
         base += len(chunk)
     if not chunks:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if len(values) == 1 and values[0].dtype == np.int64:
+    dtype = values[0].dtype if values[0].dtype.type in _NARROW_DTYPES else np.dtype(np.int64)
+    if len(values) == 1 and values[0].dtype == dtype:
         return values[0], lengths[0]
-    return np.concatenate(values, dtype=np.int64, casting="unsafe"), np.concatenate(lengths)
+    return np.concatenate(values, dtype=dtype, casting="unsafe"), np.concatenate(lengths)
 
 
 def _flatten_arrow(columns: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`flatten_documents` for Arrow list columns: vectorised, no per-sample Python objects."""
+    """:func:`_flat_documents` for Arrow list columns: vectorised, no per-sample Python objects; ids and
+    loss mask keep their column dtypes where the row writers read them."""
     ids, n_ids = _arrow_column("input_ids", columns["input_ids"])
     loss, n_loss = _arrow_column("loss_mask", columns["loss_mask"])
     if n_ids.shape != n_loss.shape:
@@ -99,14 +108,14 @@ def _flatten_arrow(columns: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.
         if n_attn.shape != n_ids.shape:
             raise ValueError(f"attention_mask has {n_attn.size} samples but input_ids has {n_ids.size}")
         ends = np.cumsum(n_attn)
-        sums = np.concatenate([[0], np.cumsum(attn)])
+        sums = np.concatenate([[0], np.cumsum(attn, dtype=np.int64)])
         kept = np.clip(sums[ends] - sums[ends - n_attn], 0, lengths)
         if (kept < lengths).any():
             starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
             keep = np.arange(ids.size) - starts < np.repeat(kept, lengths)
             ids, loss, lengths = ids[keep], loss[keep], kept
-    if loss.dtype != np.int64:
-        loss = loss.astype(np.int64)
+    if ids.dtype == np.bool_:
+        ids = ids.view(np.uint8)  # ids are integers; the row writers take bool only for the loss mask
     offsets = np.zeros(lengths.size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     with warnings.catch_warnings():
@@ -179,6 +188,13 @@ def flatten_documents(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         TypeError: a value or element that is not an integer (floats, strings, nested lists), naming the
             sample.
     """
+    token_ids, loss_mask, offsets = _flat_documents(samples)
+    return token_ids.to(torch.int64), (loss_mask != 0).to(torch.int64), offsets
+
+
+def _flat_documents(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`flatten_documents` without widening: Arrow ids and masks keep their column dtypes (int8 /
+    uint8 / int16 / int32 / int64; bool masks), which the row writers read directly."""
     columns, arrow = _columns(samples)
     if arrow:
         return _flatten_arrow(columns)
@@ -231,6 +247,7 @@ def build_packed_eagle3_dataset(
     Returns:
         a list of row dicts: ``input_ids, loss_mask, attention_mask, position_ids, doc_remaining`` (int64
         tensors of length ``W``, each its own allocation) and ``seq_lens`` (python list summing to ``W``).
+        Rows are written in parallel on ``torch.get_num_threads()`` threads; they do not depend on it.
 
     Raises:
         ValueError: bad ``packed_sequence_size`` / ``strategy``, malformed samples (naming the sample index),
@@ -238,7 +255,7 @@ def build_packed_eagle3_dataset(
         TypeError: non-integer values (naming the sample index).
     """
     check_packing_args(packed_sequence_size, strategy)
-    token_ids, loss_mask, offsets = flatten_documents(samples)
+    token_ids, loss_mask, offsets = _flat_documents(samples)
     row_of_doc, num_rows = pack_documents(offsets[1:] - offsets[:-1], packed_sequence_size, strategy)
     if num_rows == 0:
         raise ValueError(

@@ -21,6 +21,20 @@ PACKING_STRATEGIES = ("greedy", "best_fit")
 ROW_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining", "seq_lens")
 
 
+# Dtypes the row writers read as they are (csrc/packing.cpp): widening narrow Arrow ids / masks to int64
+# first would cost a copy of every token.
+_TOKEN_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _token_vector(name: str, t, *, allow_bool: bool = False) -> torch.Tensor:
+    """``t`` as a contiguous 1-D CPU tensor in a dtype the row writers read (any other integer dtype becomes
+    int64); raise naming ``name`` if it is not a 1-D integer (or, with ``allow_bool``, bool) tensor."""
+    readable = (*_TOKEN_DTYPES, torch.bool) if allow_bool else _TOKEN_DTYPES
+    if isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype in readable:
+        return t.detach().to(device="cpu").contiguous()
+    return as_index_vector(name, t, allow_bool=allow_bool)
+
+
 def _check_message(exc: RuntimeError) -> str:
     """The TORCH_CHECK message (it already names the argument), without the C++ source location."""
     return str(exc).split("\nException raised from")[0]
@@ -72,13 +86,16 @@ def fill_packed_rows(
     keep their original relative order.
 
     Args:
-        token_ids: int tensor ``[total]``.
-        loss_mask: int or bool tensor ``[total]``; coerced to 0/1.
+        token_ids: int tensor ``[total]``; int8 / uint8 / int16 / int32 / int64 are read as they are (no
+            int64 copy), other integer dtypes are converted to int64 first.
+        loss_mask: int or bool tensor ``[total]`` (read as it is, like ``token_ids``); coerced to 0/1.
         offsets: int tensor ``[N + 1]``, non-decreasing, ``offsets[0] == 0``, ``offsets[-1] == total``.
         row_of_doc: int tensor ``[N]``; ``-1`` exactly for empty documents.
         num_rows: number of rows (every row must receive a document).
         capacity: row width W.
         pad_token_id: id written into the trailing pad.
+
+    Rows are written in parallel on torch's intra-op threads; the result does not depend on their number.
 
     Returns:
         dict of int64 tensors: ``input_ids, loss_mask, attention_mask, position_ids, doc_remaining``
@@ -90,8 +107,8 @@ def fill_packed_rows(
     Raises:
         TypeError / ValueError on malformed inputs (the message names the argument).
     """
-    token_ids = as_index_vector("token_ids", token_ids)
-    loss_mask = as_index_vector("loss_mask", loss_mask, allow_bool=True)
+    token_ids = _token_vector("token_ids", token_ids)
+    loss_mask = _token_vector("loss_mask", loss_mask, allow_bool=True)
     offsets = as_index_vector("offsets", offsets)
     row_of_doc = as_index_vector("row_of_doc", row_of_doc)
     num_rows = check_int("num_rows", num_rows, minimum=0)
@@ -121,10 +138,11 @@ def packed_row_list(
     Same arguments, layout and checks as :func:`fill_packed_rows`, but row ``r`` is a dict with
     ``input_ids, loss_mask, attention_mask, position_ids, doc_remaining`` (int64 ``[W]``, each tensor its own
     allocation, so one row pickles or travels to a dataloader worker alone) and ``seq_lens`` (a list of
-    ints summing to W). Writes each row once, without the GIL.
+    ints summing to W). Writes each row once, without the GIL, rows in parallel on torch's intra-op threads
+    (``torch.get_num_threads()``); the result does not depend on the thread count.
     """
-    token_ids = as_index_vector("token_ids", token_ids)
-    loss_mask = as_index_vector("loss_mask", loss_mask, allow_bool=True)
+    token_ids = _token_vector("token_ids", token_ids)
+    loss_mask = _token_vector("loss_mask", loss_mask, allow_bool=True)
     offsets = as_index_vector("offsets", offsets)
     row_of_doc = as_index_vector("row_of_doc", row_of_doc)
     num_rows = check_int("num_rows", num_rows, minimum=0)
