@@ -70,6 +70,22 @@ def pack_documents(lengths: torch.Tensor, capacity: int, strategy: str = "greedy
     return row_of_doc, int(num_rows)
 
 
+def _call_row_writer(name, token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity, pad_token_id):
+    """Validate the row writers' shared arguments, then call ``_C.<name>`` (its checks re-raised as ValueError)."""
+    token_ids = _token_vector("token_ids", token_ids)
+    loss_mask = _token_vector("loss_mask", loss_mask, allow_bool=True)
+    offsets = as_index_vector("offsets", offsets)
+    row_of_doc = as_index_vector("row_of_doc", row_of_doc)
+    num_rows = check_int("num_rows", num_rows, minimum=0)
+    capacity = check_int("capacity", capacity, minimum=1)
+    pad_token_id = check_int("pad_token_id", pad_token_id)
+    try:
+        return getattr(load_extension(), name)(token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity,
+                                               pad_token_id)
+    except RuntimeError as exc:
+        raise ValueError(_check_message(exc)) from None
+
+
 def fill_packed_rows(
     token_ids: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -107,19 +123,8 @@ def fill_packed_rows(
     Raises:
         TypeError / ValueError on malformed inputs (the message names the argument).
     """
-    token_ids = _token_vector("token_ids", token_ids)
-    loss_mask = _token_vector("loss_mask", loss_mask, allow_bool=True)
-    offsets = as_index_vector("offsets", offsets)
-    row_of_doc = as_index_vector("row_of_doc", row_of_doc)
-    num_rows = check_int("num_rows", num_rows, minimum=0)
-    capacity = check_int("capacity", capacity, minimum=1)
-    pad_token_id = check_int("pad_token_id", pad_token_id)
-    try:
-        out = load_extension().fill_packed_rows(
-            token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity, pad_token_id
-        )
-    except RuntimeError as exc:
-        raise ValueError(_check_message(exc)) from None
+    out = _call_row_writer("fill_packed_rows", token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity,
+                           pad_token_id)
     keys = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining", "seq_lens", "num_docs")
     return dict(zip(keys, out, strict=True))
 
@@ -141,19 +146,8 @@ def packed_row_list(
     ints summing to W). Writes each row once, without the GIL, rows in parallel on torch's intra-op threads
     (``torch.get_num_threads()``); the result does not depend on the thread count.
     """
-    token_ids = _token_vector("token_ids", token_ids)
-    loss_mask = _token_vector("loss_mask", loss_mask, allow_bool=True)
-    offsets = as_index_vector("offsets", offsets)
-    row_of_doc = as_index_vector("row_of_doc", row_of_doc)
-    num_rows = check_int("num_rows", num_rows, minimum=0)
-    capacity = check_int("capacity", capacity, minimum=1)
-    pad_token_id = check_int("pad_token_id", pad_token_id)
-    try:
-        rows = load_extension().packed_row_list(
-            token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity, pad_token_id
-        )
-    except RuntimeError as exc:
-        raise ValueError(_check_message(exc)) from None
+    rows = _call_row_writer("packed_row_list", token_ids, loss_mask, offsets, row_of_doc, num_rows, capacity,
+                            pad_token_id)
     return [dict(zip(ROW_KEYS, row, strict=True)) for row in rows]
 
 
