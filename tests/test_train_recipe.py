@@ -81,6 +81,14 @@ def test_peagle_needs_mask_token_and_no_packing(tmp_path, tiny):
         load_config(TINY["peagle"], [*tiny(str(tmp_path / "r")), "data.packed_sequence_size=64"])
 
 
+def test_numbers_in_exponent_form_are_numbers(tmp_path, tiny):
+    """PyYAML reads 1e-4 (no dot) as a string; the config takes it as the number everyone means."""
+    cfg = load_config(TINY["eagle3"], [*tiny(str(tmp_path / "run")), "optim.lr=1e-4", "optim.weight_decay=5E-2"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 0.05
+    with pytest.raises(ConfigError, match="optim.lr must be a number, got '1e-4x'"):
+        load_config(TINY["eagle3"], [*tiny(str(tmp_path / "run")), "optim.lr=1e-4x"])
+
+
 def test_missing_target_and_output_dir(tmp_path):
     with pytest.raises(ConfigError, match=r"output_dir must be a directory path \(required\)"):
         load_config(None, [])
@@ -369,3 +377,23 @@ def test_recipe_runs_on_cuda_with_bf16_autocast_and_resumes(tmp_path, tiny, algo
         f.write("step_00000006\n")
     assert main(["train", "-c", TINY[algorithm], *tiny(run, *extra, "resume=auto")]) == 0
     assert resolve_checkpoint(run).endswith("step_00000012")
+
+
+def test_init_head_from_target_copies_the_draft_vocab_rows(tmp_path, tiny):
+    from transformers import AutoModelForCausalLM
+
+    from eagle_ext.train.checkpoint import load_checkpoint_draft, load_token_mapping
+    from eagle_ext.train.loop import init_head_from_target
+
+    run = str(tmp_path / "run")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(run, "train.max_steps=1", "optim.lr=1e-12",
+                                                   "eagle3.init_head_from_target=true")]) == 0
+    draft, _ = load_checkpoint_draft(run)
+    ids, _ = load_token_mapping(resolve_checkpoint(run))
+    target = AutoModelForCausalLM.from_pretrained(load_config(TINY["eagle3"], tiny(run)).target.name_or_path)
+    torch.testing.assert_close(draft.lm_head.weight, target.lm_head.weight[ids], atol=1e-6, rtol=0)
+    torch.testing.assert_close(draft.model.norm.weight, target.model.norm.weight, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs width"):
+        wide = torch.nn.Module()
+        wide.get_output_embeddings = lambda: torch.nn.Linear(3, target.config.vocab_size, bias=False)
+        init_head_from_target(draft, wide, ids)

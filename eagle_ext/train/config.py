@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class Eagle3Config:
     fc_norm: bool = False
     norm_output: bool = False
     freeze_embeddings: bool = True
+    init_head_from_target: bool = False  # lm_head from the target's output rows of the draft vocab, norm from its final norm
 
 
 @dataclass
@@ -97,6 +99,7 @@ class PEagleConfig:
     max_anchors: int | None = None
     attention: str = "auto"  # auto: flex on CUDA, dense mask on CPU
     freeze_embeddings: bool = False
+    init_head_from_target: bool = False  # lm_head from the target's output rows of the draft vocab, norm from its final norm
 
 
 @dataclass
@@ -170,6 +173,9 @@ def _type_name(tp: Any) -> str:
     return {type(None): "null", bool: "a bool", int: "an int", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """``value`` checked against (and, for int -> float, converted to) the annotation ``tp``."""
     origin = typing.get_origin(tp)
@@ -198,6 +204,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 (PyYAML) reads 1e-4 without a dot as a string; it is a number to anyone writing a config
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -321,6 +330,8 @@ def validate(cfg: RecipeConfig) -> None:
                  "(the offline cache holds EAGLE-3 supervision)")
         _require(t.sharding == "replicate", "target.sharding", t.sharding,
                  "'replicate' with data.cached_target_path (no target is loaded)")
+        _require(not cfg.eagle3.init_head_from_target, "eagle3.init_head_from_target", True,
+                 "false with data.cached_target_path (the cache holds the input embeddings, not the output head)")
         if cfg.data.eval_path is not None:
             _require(os.path.isdir(cfg.data.eval_path), "data.eval_path", cfg.data.eval_path,
                      "a cache directory (from `eagle-ext precompute` on the eval data) with data.cached_target_path")

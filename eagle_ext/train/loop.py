@@ -279,6 +279,28 @@ def build_draft(cfg: RecipeConfig, target_config, draft_vocab_size: int | None):
     )
 
 
+@torch.no_grad()
+def init_head_from_target(draft, target: torch.nn.Module, selected_ids: torch.Tensor) -> None:
+    """Start the draft's ``lm_head`` from the target's output rows of the draft vocabulary (``lm_head[i] =
+    W_target[selected_ids[i]]``) and its final norm from the target's, so step 0 already predicts what the
+    target's head would from a similar hidden state (a warm start; the seed recipe starts from random).
+
+    Raises:
+        ValueError: the target has no output embeddings, or their width differs from the draft's hidden size.
+    """
+    out = target.get_output_embeddings() if callable(getattr(target, "get_output_embeddings", None)) else None
+    if out is None:
+        raise ValueError(f"{type(target).__name__} has no output embeddings to initialise the draft's lm_head from")
+    weight = out.weight.full_tensor() if hasattr(out.weight, "full_tensor") else out.weight
+    head = draft.lm_head.weight
+    if weight.shape[1] != head.shape[1]:
+        raise ValueError(f"the target's output head is {list(weight.shape)}, the draft's lm_head needs width {head.shape[1]}")
+    head.copy_(weight[selected_ids.to(weight.device)].to(device=head.device, dtype=head.dtype))
+    norm = getattr(getattr(target, "model", None), "norm", None)
+    if norm is not None and tuple(norm.weight.shape) == tuple(draft.model.norm.weight.shape):
+        draft.model.norm.weight.copy_(norm.weight.to(draft.model.norm.weight))
+
+
 def build_trainer(cfg: RecipeConfig, draft, selected_ids, selected_mask, generator: torch.Generator | None):
     if cfg.algorithm == "eagle3":
         from eagle_ext.eagle3 import Eagle3TrainerModule
@@ -484,6 +506,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     draft.copy_embeddings_from(embeddings)
     draft.set_vocab_mapping(selected_ids)
     del embeddings
+    if (cfg.eagle3 if cfg.algorithm == "eagle3" else cfg.peagle).init_head_from_target and resume_state is None:
+        init_head_from_target(draft, hf_target, selected_ids)
     if hf_target is not None:
         if t.sharding == "fsdp":
             if not ctx.distributed:
