@@ -415,11 +415,15 @@ def run_training(cfg: RecipeConfig) -> TrainResult:
 
     ctx = init_distributed(cfg.train.device)
     try:
-        return _run(cfg, ctx, tqdm)
-    finally:
-        if ctx.distributed and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        result = _run(cfg, ctx, tqdm)
+    except BaseException:
+        if ctx.distributed and torch.distributed.is_initialized():  # no barrier: other ranks may never reach one
             torch.distributed.destroy_process_group()
+        raise
+    if ctx.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
 
 
 def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
