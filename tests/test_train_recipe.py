@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,7 +135,7 @@ def test_shipped_examples_pass_dry_run(tmp_path, capsys, name, target_config, bi
             f"data.train_path={data}", f"data.eval_path={data}", f"output_dir={tmp_path / 'run'}", "--dry-run"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    count = int(out.split("target: ")[1].split(" parameters")[0].replace(",", ""))
+    count = int(re.search(r"^target: ([\d,]+) parameters", out, re.MULTILINE).group(1).replace(",", ""))
     assert abs(count / 1e9 - billions) < 0.1
     assert "trainable" in out and "estimated peak memory per rank" in out and "total" in out
     assert not (tmp_path / "run").exists()
