@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from eagle_ext.models.target import (
+    shift_left_with_zero,  # the capture applies the first shift; re-exported here
+)
+
 __all__ = ["shift_left_with_zero", "compute_target_distribution"]
-
-
-def shift_left_with_zero(t: torch.Tensor) -> torch.Tensor:
-    """Shift a batched sequence tensor left by one slot along dim 1 and zero-fill the tail.
-
-    ``[1, 2, 3] -> [2, 3, 0]``; works for any dtype (bool fills False) and trailing shape.
-
-    Args:
-        t: ``[B, T, ...]``.
-
-    Returns:
-        A new tensor of the same shape and dtype: ``out[:, i] = t[:, i + 1]``, ``out[:, -1] = 0``.
-
-    Raises:
-        TypeError: not a tensor; ValueError: fewer than 2 dimensions.
-    """
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() < 2:
-        raise ValueError(f"t must have shape [B, T, ...], got {list(t.shape)}")
-    out = torch.zeros_like(t)
-    out[:, :-1] = t[:, 1:]
-    return out
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ output of target decoder layer ``l`` and ``z[t]`` the logits (which predict ``x[
 
 - ``aux_hidden_states[t] = cat(h_a[t], h_b[t], h_c[t])`` ``[B, T, 3H]``, **not shifted**;
 - ``target_logits[t] = z[t+1]``, ``input_ids[t] = x[t+1]``, ``loss_mask[t] = m[t+1]``: shifted left by
-  one with a zero tail (:func:`eagle_ext.eagle3.targets.shift_left_with_zero`);
+  one with a zero tail (:func:`shift_left_with_zero`);
 - ``attention_mask``, ``position_ids``, ``seq_lens``, ``doc_remaining`` pass through unshifted.
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from eagle_ext.eagle3.targets import shift_left_with_zero
 from eagle_ext.models.masks import block_causal_visibility, document_ids_from_seq_lens
 
 __all__ = [
@@ -27,7 +26,31 @@ __all__ = [
     "build_block_causal_additive_mask",
     "default_eagle3_aux_layer_ids",
     "find_decoder_layers",
+    "shift_left_with_zero",
 ]
+
+
+def shift_left_with_zero(t: torch.Tensor) -> torch.Tensor:
+    """Shift a batched sequence tensor left by one slot along dim 1 and zero-fill the tail.
+
+    ``[1, 2, 3] -> [2, 3, 0]``; works for any dtype (bool fills False) and trailing shape.
+
+    Args:
+        t: ``[B, T, ...]``.
+
+    Returns:
+        A new tensor of the same shape and dtype: ``out[:, i] = t[:, i + 1]``, ``out[:, -1] = 0``.
+
+    Raises:
+        TypeError: not a tensor; ValueError: fewer than 2 dimensions.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < 2:
+        raise ValueError(f"t must have shape [B, T, ...], got {list(t.shape)}")
+    out = torch.zeros_like(t)
+    out[:, :-1] = t[:, 1:]
+    return out
 
 
 def default_eagle3_aux_layer_ids(num_hidden_layers: int) -> list[int]:
