@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from eagle_ext.eagle3.targets import shift_left_with_zero
 from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
 from eagle_ext.peagle.mask import dense_cod_mask
+from eagle_ext.serve import speculative
 from eagle_ext.serve.speculative import (
     DecodeResult,
     Eagle3Drafter,
@@ -27,6 +28,7 @@ from eagle_ext.serve.speculative import (
     TargetRunner,
     accept_draft_tokens,
     build_drafter,
+    evaluate_drafters,
     evaluate_speculative,
     format_report,
     speculative_decode,
@@ -192,6 +194,34 @@ def test_summaries_and_report(target):
     assert s["tau"] == pytest.approx(2.0) and s["acceptance_rate"] == pytest.approx([2 / 3, 1 / 3])
     with pytest.raises(ValueError, match="mix"):
         summarize_decodes([results[0], DecodeResult([1], 1.0, 1)])
+
+
+def test_several_drafters_share_one_target_only_baseline(target, monkeypatch):
+    runner = TargetRunner(target, AUX_IDS)
+    drafters = {"a": build_drafter(_draft("eagle3")), "b": build_drafter(_draft("peagle"))}
+    prompts = _prompts(2, seed=8)
+    calls = []
+    real_decode = speculative.target_decode
+
+    def counting_decode(*args, **kwargs):
+        calls.append(1)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(speculative, "target_decode", counting_decode)
+    reports = evaluate_drafters(runner, drafters, prompts, num_draft_tokens=[2, 3], max_new_tokens=8,
+                                warmup=False, progress=False)
+    monkeypatch.setattr(speculative, "target_decode", real_decode)
+    assert len(calls) == len(prompts)  # one target-only decode per prompt, whatever the number of drafters
+    assert reports["a"]["target_only"] is reports["b"]["target_only"]
+    assert [reports[n]["settings"]["algorithm"] for n in "ab"] == ["eagle3", "peagle"]
+    for name, drafter in drafters.items():
+        alone = evaluate_speculative(runner, drafter, prompts, num_draft_tokens=[2, 3], max_new_tokens=8,
+                                     warmup=False, progress=False)
+        for got, want in zip(reports[name]["speculative"], alone["speculative"], strict=True):
+            assert got["tau"] == want["tau"] and got["acceptance_rate"] == want["acceptance_rate"]
+            assert got["lossless"] is True and got["new_tokens"] == want["new_tokens"]
+    with pytest.raises(ValueError, match="drafters"):
+        evaluate_drafters(runner, {}, prompts)
 
 
 def test_bad_arguments_are_rejected(target):

@@ -90,6 +90,16 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path, tiny):
         load_config(TINY["eagle3"], [*tiny(str(tmp_path / "run")), "optim.lr=1e-4x"])
 
 
+def test_paths_starting_with_tilde_mean_the_home_directory(tmp_path, tiny, monkeypatch):
+    """Shipped configs name ~/.cache/...; the recipe must not take "~" for a hub name or a relative folder."""
+    overrides = tiny(str(tmp_path / "run"))
+    target = next(o.split("=", 1)[1] for o in overrides if o.startswith("target.name_or_path="))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home_relative = "~/" + os.path.relpath(target, tmp_path)
+    cfg = load_config(TINY["eagle3"], [*overrides, f"target.name_or_path={home_relative}", "output_dir=~/out"])
+    assert os.path.samefile(cfg.target.name_or_path, target) and cfg.output_dir == str(tmp_path / "out")
+
+
 def test_missing_target_and_output_dir(tmp_path):
     with pytest.raises(ConfigError, match=r"output_dir must be a directory path \(required\)"):
         load_config(None, [])

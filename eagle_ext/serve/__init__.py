@@ -27,6 +27,7 @@ _EXPORTS = {
     "target_decode": "eagle_ext.serve.speculative",
     "speculative_decode": "eagle_ext.serve.speculative",
     "summarize_decodes": "eagle_ext.serve.speculative",
+    "evaluate_drafters": "eagle_ext.serve.speculative",
     "evaluate_speculative": "eagle_ext.serve.speculative",
     "format_report": "eagle_ext.serve.speculative",
 }

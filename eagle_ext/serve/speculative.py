@@ -39,7 +39,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +59,7 @@ __all__ = [
     "TargetRunner",
     "accept_draft_tokens",
     "build_drafter",
+    "evaluate_drafters",
     "evaluate_speculative",
     "format_report",
     "speculative_decode",
@@ -660,6 +661,40 @@ def evaluate_speculative(
     Raises:
         ValueError: no prompts, K < 1, ``max_new_tokens < 1`` or ``temperature < 0`` (before decoding).
     """
+    return evaluate_drafters(target, {"draft": drafter}, prompts, num_draft_tokens=num_draft_tokens,
+                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                             stop_token_ids=stop_token_ids, warmup=warmup, progress=progress)["draft"]
+
+
+def evaluate_drafters(
+    target: TargetRunner,
+    drafters: Mapping[str, Drafter],
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    *,
+    num_draft_tokens: Sequence[int] = (3,),
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    stop_token_ids: Sequence[int] = (),
+    warmup: bool = True,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_speculative` for several drafters against ONE target-only baseline.
+
+    Per prompt the target-only decode runs once, then every drafter's speculative decodes (every K), so each
+    drafter is compared with the same baseline, interleaved in time (load changes hit all modes alike), and
+    the target-only decoding is paid once. Every drafter must read the aux layers ``target`` captures.
+
+    Returns:
+        ``{name: report}``, one :func:`evaluate_speculative` report per drafter (their ``target_only`` and
+        per-prompt ``target_only`` entries are the shared baseline).
+
+    Raises:
+        ValueError: no drafter, no prompts, K < 1, ``max_new_tokens < 1`` or ``temperature < 0`` (before
+            decoding).
+    """
+    if not drafters:
+        raise ValueError("drafters must name at least one drafter")
     if not prompts:
         raise ValueError("prompts must hold at least one prompt")
     ks = list(num_draft_tokens)
@@ -679,44 +714,50 @@ def evaluate_speculative(
     if warmup:
         short = min(max_new_tokens, 8)
         target_decode(target, prompts[0], max_new_tokens=short, generator=generator(0), **common)
-        speculative_decode(target, drafter, prompts[0], num_draft_tokens=ks[0], max_new_tokens=short,
-                           generator=generator(0), **common)
+        for drafter in drafters.values():
+            speculative_decode(target, drafter, prompts[0], num_draft_tokens=ks[0], max_new_tokens=short,
+                               generator=generator(0), **common)
 
     baseline: list[DecodeResult] = []
-    spec: dict[int, list[DecodeResult]] = {kk: [] for kk in ks}
-    per_prompt = []
+    spec: dict[str, dict[int, list[DecodeResult]]] = {name: {kk: [] for kk in ks} for name in drafters}
+    per_prompt: dict[str, list[dict[str, Any]]] = {name: [] for name in drafters}
     for i, prompt in _progress(enumerate(prompts), len(prompts), progress, "eval"):
         base = target_decode(target, prompt, max_new_tokens=max_new_tokens, generator=generator(i), **common)
         baseline.append(base)
-        entry: dict[str, Any] = {"prompt_tokens": len(prompt), "target_only": summarize_decodes([base]),
-                                 "speculative": []}
-        for kk in ks:
-            res = speculative_decode(target, drafter, prompt, num_draft_tokens=kk, max_new_tokens=max_new_tokens,
-                                     generator=generator(i), **common)
-            spec[kk].append(res)
-            summary = summarize_decodes([res])
-            summary["matches_target"] = res.tokens == base.tokens if temperature == 0 else None
-            entry["speculative"].append(summary)
-        per_prompt.append(entry)
+        for name, drafter in drafters.items():
+            entry: dict[str, Any] = {"prompt_tokens": len(prompt), "target_only": summarize_decodes([base]),
+                                     "speculative": []}
+            for kk in ks:
+                res = speculative_decode(target, drafter, prompt, num_draft_tokens=kk,
+                                         max_new_tokens=max_new_tokens, generator=generator(i), **common)
+                spec[name][kk].append(res)
+                summary = summarize_decodes([res])
+                summary["matches_target"] = res.tokens == base.tokens if temperature == 0 else None
+                entry["speculative"].append(summary)
+            per_prompt[name].append(entry)
 
     target_summary = summarize_decodes(baseline)
-    spec_summaries = []
-    for kk in ks:
-        summary = summarize_decodes(spec[kk])
-        summary["speedup"] = summary["tokens_per_s"] / target_summary["tokens_per_s"]
-        summary["lossless"] = (
-            all(r.tokens == b.tokens for r, b in zip(spec[kk], baseline, strict=True)) if temperature == 0 else None
-        )
-        spec_summaries.append(summary)
-    return {
-        "settings": {"num_prompts": len(prompts), "num_draft_tokens": ks, "max_new_tokens": max_new_tokens,
-                     "temperature": temperature, "seed": seed, "device": str(device),
-                     "algorithm": "peagle" if isinstance(drafter, PEagleDrafter) else (
-                         "eagle3" if isinstance(drafter, Eagle3Drafter) else type(drafter).__name__)},
-        "target_only": target_summary,
-        "speculative": spec_summaries,
-        "prompts": per_prompt,
-    }
+    reports = {}
+    for name, drafter in drafters.items():
+        spec_summaries = []
+        for kk in ks:
+            summary = summarize_decodes(spec[name][kk])
+            summary["speedup"] = summary["tokens_per_s"] / target_summary["tokens_per_s"]
+            summary["lossless"] = (
+                all(r.tokens == b.tokens for r, b in zip(spec[name][kk], baseline, strict=True))
+                if temperature == 0 else None
+            )
+            spec_summaries.append(summary)
+        reports[name] = {
+            "settings": {"num_prompts": len(prompts), "num_draft_tokens": ks, "max_new_tokens": max_new_tokens,
+                         "temperature": temperature, "seed": seed, "device": str(device),
+                         "algorithm": "peagle" if isinstance(drafter, PEagleDrafter) else (
+                             "eagle3" if isinstance(drafter, Eagle3Drafter) else type(drafter).__name__)},
+            "target_only": target_summary,
+            "speculative": spec_summaries,
+            "prompts": per_prompt[name],
+        }
+    return reports
 
 
 def format_report(report: dict[str, Any]) -> str:

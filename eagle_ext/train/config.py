@@ -290,8 +290,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     data = _merge(data, parse_overrides(overrides or []))
     cfg = RecipeConfig()
     _apply(cfg, data, "", cfg.explicit)
+    _expand_user_paths(cfg)
     validate(cfg)
     return cfg
+
+
+#: path-valued keys where a leading ``~`` means the user's home (shipped configs name ``~/.cache/...``)
+_PATH_KEYS = (("target", "name_or_path"), ("target", "tokenizer"), ("data", "train_path"), ("data", "eval_path"),
+              ("data", "vocab_cache_path"), ("data", "cache_dir"), ("data", "cached_target_path"), ("", "output_dir"))
+
+
+def _expand_user_paths(cfg: RecipeConfig) -> None:
+    for section, key in _PATH_KEYS:
+        owner = getattr(cfg, section) if section else cfg
+        value = getattr(owner, key)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(owner, key, os.path.expanduser(value))
 
 
 # ---------------------------------------------------------------------------------------------- validation
