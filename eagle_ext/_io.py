@@ -40,14 +40,22 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[st
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
     """Yield a temp directory beside ``directory`` to fill; on success it replaces ``directory`` (an existing
-    one is removed first), on error it is removed."""
+    one is removed first), on error it is removed. Files in it get the permissions a plain ``open`` would give
+    (writers such as safetensors create theirs readable by the owner only), executable bits kept."""
     directory = os.path.abspath(os.fspath(directory))
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.")
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for root, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                path = os.path.join(root, name)
+                os.chmod(path, (os.stat(path).st_mode & 0o111 | 0o666) & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if os.path.isdir(directory):
             shutil.rmtree(directory)
         os.replace(tmp, directory)
