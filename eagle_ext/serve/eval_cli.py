@@ -156,7 +156,9 @@ def render_prompts(tokenizer: Any, conversations: list[list[dict]]) -> list[list
     return prompts
 
 
-def _stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """The ids that end a reply: the tokenizer's EOS and the model's ``generation_config.eos_token_id`` (int or
+    list), sorted and deduplicated."""
     ids = set()
     for value in (getattr(tokenizer, "eos_token_id", None),
                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_speculative(
         runner, drafter, prompts,
         num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        seed=args.seed, stop_token_ids=[] if args.ignore_eos else _stop_token_ids(tokenizer, model),
+        seed=args.seed, stop_token_ids=[] if args.ignore_eos else stop_token_ids(tokenizer, model),
         progress=not args.no_progress,
     )
     report["settings"].update({
