@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     code = args.func(args)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job
-        print(f"[eagle-ext {args.command}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        outcome = "done" if code == 0 else f"failed (exit code {code})"
+        print(f"[eagle-ext {args.command}] {outcome} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return code
 
 

@@ -586,7 +586,9 @@ def test_cli_bad_arguments(tmp_path, capsys, argv, match):
     _checkpoint_run(run)
     argv = [str(run) if a == "RUN" else str(tmp_path / "missing") if a == "MISSING" else a for a in argv]
     assert cli.main(argv) == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert match in err
+    assert "[eagle-ext export] failed (exit code 2)" in err and "done" not in err
 
 
 def test_cli_rejects_unknown_format_and_dtype(tmp_path):
