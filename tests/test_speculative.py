@@ -30,6 +30,7 @@ from eagle_ext.serve.speculative import (
     build_drafter,
     evaluate_drafters,
     evaluate_speculative,
+    lossless_label,
     format_report,
     speculative_decode,
     summarize_decodes,
@@ -220,8 +221,15 @@ def test_several_drafters_share_one_target_only_baseline(target, monkeypatch):
         for got, want in zip(reports[name]["speculative"], alone["speculative"], strict=True):
             assert got["tau"] == want["tau"] and got["acceptance_rate"] == want["acceptance_rate"]
             assert got["lossless"] is True and got["new_tokens"] == want["new_tokens"]
+            assert got["matching_prompts"] == len(prompts)
     with pytest.raises(ValueError, match="drafters"):
         evaluate_drafters(runner, {}, prompts)
+
+
+def test_lossless_label_counts_the_prompts_that_matched():
+    assert lossless_label({"lossless": True, "matching_prompts": 6}, 6) == "yes"
+    assert lossless_label({"lossless": False, "matching_prompts": 4}, 6) == "NO 4/6"
+    assert lossless_label({"lossless": False}, 6) == "NO"
 
 
 def test_bad_arguments_are_rejected(target):

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eagle_ext._io import atomic_path
+from eagle_ext.serve.speculative import lossless_label
 from eagle_ext.train.reporting import format_table, read_metrics
 
 __all__ = ["DRAFT_NAMES", "PER_K_FIELDS", "build_report", "by_k", "check_report", "format_report_table",
@@ -50,6 +51,7 @@ def by_k(eval_report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "speculative_tokens_per_s": float(s["tokens_per_s"]),
             "speedup": float(s["speedup"]),
             "lossless": s["lossless"],
+            "matching_prompts": s.get("matching_prompts"),
             "rounds": int(s["rounds"]),
             "new_tokens": int(s["new_tokens"]),
             "target_forwards": int(s["target_forwards"]),
@@ -154,7 +156,7 @@ def format_report_table(report: Mapping[str, Any]) -> str:
             rows.append([name, _TITLES[entry["algorithm"]], steps, k, _fmt_rate(m["tau"]),
                          " ".join(_fmt_rate(r) for r in m["per_position_acceptance"]),
                          f"{m['target_tokens_per_s']:.1f}", f"{m['speculative_tokens_per_s']:.1f}",
-                         f"{m['speedup']:.2f}x", "yes" if m["lossless"] else "NO"])
+                         f"{m['speedup']:.2f}x", lossless_label(m, s["num_prompts"])])
     table = format_table(["draft", "algorithm", "steps", "K", "tau", "acceptance per position", "target tok/s",
                           "spec tok/s", "speed-up", "lossless"], rows)
     phases = " | ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["phases"].items())

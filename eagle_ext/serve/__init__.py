@@ -30,6 +30,7 @@ _EXPORTS = {
     "evaluate_drafters": "eagle_ext.serve.speculative",
     "evaluate_speculative": "eagle_ext.serve.speculative",
     "format_report": "eagle_ext.serve.speculative",
+    "lossless_label": "eagle_ext.serve.speculative",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
