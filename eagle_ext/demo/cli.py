@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eagle_ext.demo.run import ALGORITHMS, DTYPES, TARGETS
+from eagle_ext.demo.options import ALGORITHMS, DTYPES, TARGETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eagle_ext.demo.run import check_demo_args, run_demo
+    from eagle_ext.demo.options import check_demo_args
+    from eagle_ext.demo.run import run_demo
 
     options = {"algorithm": args.algorithm, "live_steps": args.live_steps, "num_prompts": args.num_prompts,
                "max_new_tokens": args.max_new_tokens, "dtype": args.dtype}

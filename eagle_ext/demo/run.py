@@ -11,42 +11,9 @@ Arguments are checked by :func:`check_demo_args` before anything heavy is import
 
 from __future__ import annotations
 
+from eagle_ext.demo.options import ALGORITHMS, DTYPES, TARGETS, check_demo_args
+
 __all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args", "run_demo"]
-
-TARGETS = ("smollm2", "tiny")
-ALGORITHMS = ("eagle3", "peagle")
-#: --dtype (SmolLM2 evaluation) -> torch dtype name
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
-
-
-def check_demo_args(target: str = "smollm2", *, algorithm: str | None = None, live_steps: int | None = None,
-                    num_prompts: int | None = None, max_new_tokens: int | None = None,
-                    dtype: str | None = None) -> None:
-    """Check the demo's arguments (``None``: the default).
-
-    Raises:
-        ValueError: naming the argument, the value and what is expected: an unknown target, algorithm or dtype,
-            a non-positive size (``max_new_tokens`` >= 2), or a SmolLM2-only argument with ``--target tiny``
-            (the toy demo trains both algorithms at its own fixed sizes).
-    """
-    if target not in TARGETS:
-        raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    sizes = {"--live-steps": (live_steps, 1), "--num-prompts": (num_prompts, 1), "--max-new-tokens": (max_new_tokens, 2)}
-    for name, (value, minimum) in sizes.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if target == "tiny":
-        given = [name for name, value in (("--algorithm", algorithm), ("--dtype", dtype),
-                                          *((n, v) for n, (v, _) in sizes.items())) if value is not None]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            raise ValueError(f"{', '.join(given)} {verb} only to --target smollm2; the tiny demo trains EAGLE-3 and "
-                             "P-EAGLE at its own sizes (use --quick for a shorter run)")
-
 
 def run_demo(target: str = "smollm2", *, algorithm: str | None = None, quick: bool = False,
              output_dir: str = "runs/demo", live_steps: int | None = None, num_prompts: int | None = None,

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from eagle_ext._io import write_json, write_text
+from eagle_ext.demo.options import ALGORITHMS, DTYPES, check_demo_args
 from eagle_ext.demo.report import build_report, format_report_table, plot_report
-from eagle_ext.demo.run import ALGORITHMS, DTYPES, check_demo_args
 from eagle_ext.demo.smollm2 import SmolLM2NotInstalled, smollm2_path
 from eagle_ext.train.reporting import read_metrics
 
@@ -92,7 +92,7 @@ def demo_config(algorithm: str = "eagle3", *, quick: bool = False, live_steps: i
     """The run's sizes: the full demo, or :data:`QUICK` with ``quick``; explicit values (not None) override either.
 
     Raises:
-        ValueError: as :func:`eagle_ext.demo.run.check_demo_args` (an unknown algorithm or dtype, a size < 1,
+        ValueError: as :func:`eagle_ext.demo.options.check_demo_args` (an unknown algorithm or dtype, a size < 1,
             ``max_new_tokens`` < 2: a speculative round needs a token after the prefill's).
     """
     check_demo_args("smollm2", algorithm=algorithm, live_steps=live_steps, num_prompts=num_prompts,
