@@ -25,7 +25,7 @@ from eagle_ext._io import atomic_path
 from eagle_ext.serve.speculative import lossless_label
 from eagle_ext.train.reporting import format_table, read_metrics
 
-__all__ = ["DRAFT_NAMES", "PER_K_FIELDS", "build_report", "by_k", "check_report", "format_report_table",
+__all__ = ["ALGORITHM_TITLES", "DRAFT_NAMES", "PER_K_FIELDS", "build_report", "by_k", "check_report", "format_report_table",
            "plot_report"]
 
 #: the drafts every report holds, in the order they are shown
@@ -35,7 +35,7 @@ PER_K_FIELDS: dict[str, tuple[type, ...]] = {
     "tau": (float,), "per_position_acceptance": (list,), "target_tokens_per_s": (float,),
     "speculative_tokens_per_s": (float,), "speedup": (float,), "lossless": (bool,),
 }
-_TITLES = {"eagle3": "EAGLE-3", "peagle": "P-EAGLE"}
+ALGORITHM_TITLES = {"eagle3": "EAGLE-3", "peagle": "P-EAGLE"}
 
 
 def by_k(eval_report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -112,7 +112,7 @@ def check_report(report: Mapping[str, Any]) -> None:
         entry, where = drafts[name], f"['drafts'][{name!r}]"
         if not isinstance(entry, Mapping):
             _fail(where, entry, "a mapping")
-        expected_algorithms = ("eagle3",) if name == "reference" else tuple(_TITLES)
+        expected_algorithms = ("eagle3",) if name == "reference" else tuple(ALGORITHM_TITLES)
         if entry.get("algorithm") not in expected_algorithms:
             _fail(f"{where}['algorithm']", entry.get("algorithm"), f"one of {expected_algorithms}")
         if not isinstance(entry.get("path"), str):
@@ -153,7 +153,7 @@ def format_report_table(report: Mapping[str, Any]) -> str:
         entry = report["drafts"][name]
         steps = entry.get("training", {}).get("steps", "-")
         for k, m in sorted(entry["by_k"].items(), key=lambda kv: int(kv[0])):
-            rows.append([name, _TITLES[entry["algorithm"]], steps, k, _fmt_rate(m["tau"]),
+            rows.append([name, ALGORITHM_TITLES[entry["algorithm"]], steps, k, _fmt_rate(m["tau"]),
                          " ".join(_fmt_rate(r) for r in m["per_position_acceptance"]),
                          f"{m['target_tokens_per_s']:.1f}", f"{m['speculative_tokens_per_s']:.1f}",
                          f"{m['speedup']:.2f}x", lossless_label(m, s["num_prompts"])])
@@ -187,7 +187,7 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> bool:
     except ImportError:
         return False
     drafts = report["drafts"]
-    labels = {n: f"{n} ({_TITLES[drafts[n]['algorithm']]})" for n in DRAFT_NAMES}
+    labels = {n: f"{n} ({ALGORITHM_TITLES[drafts[n]['algorithm']]})" for n in DRAFT_NAMES}
     colors = {"reference": "tab:blue", "live": "tab:orange"}
     fig = plt.figure(figsize=(16, 8.5))
     grid = fig.add_gridspec(2, 6)

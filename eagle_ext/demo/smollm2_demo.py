@@ -37,7 +37,7 @@ from typing import Any
 
 from eagle_ext._io import write_json, write_text
 from eagle_ext.demo.options import ALGORITHMS, DTYPES, check_demo_args
-from eagle_ext.demo.report import build_report, format_report_table, plot_report
+from eagle_ext.demo.report import ALGORITHM_TITLES, build_report, format_report_table, plot_report
 from eagle_ext.demo.smollm2 import SmolLM2NotInstalled, smollm2_path
 from eagle_ext.train.reporting import read_metrics
 
@@ -270,7 +270,7 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
     line naming the install command when the SmolLM2 wheel (or gguf / accelerate) is missing."""
     out = os.path.abspath(output_dir)
     print(f"eagle_ext demo{' (quick)' if quick else ''}: speculative decoding for {TARGET_NAME} on CPU, nothing "
-          f"downloaded: the shipped EAGLE-3 reference draft and a {cfg.algorithm} draft trained live -> {out}\n",
+          f"downloaded: the shipped EAGLE-3 reference draft and a live {ALGORITHM_TITLES[cfg.algorithm]} draft -> {out}\n",
           flush=True)
     clock = _PhaseClock()
 
