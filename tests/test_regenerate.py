@@ -72,7 +72,7 @@ def _rows(path) -> list[dict]:
 
 def _run(target, prompts, out, *extra) -> int:
     return cli_main(["regenerate", "--target", target, "--prompts", prompts, "--out", out, "--max-new-tokens", "6",
-                     "--batch-size", "2", *extra])
+                     "--batch-size", "2", "--no-progress", *extra])
 
 
 def test_regenerate_three_prompts_end_to_end(target, prompts_file, tmp_path):

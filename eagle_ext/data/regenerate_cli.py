@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); else sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stats = regenerate_chats(
             args.target, args.prompts, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            temperature=args.temperature, seed=args.seed, limit=args.limit,
+            temperature=args.temperature, seed=args.seed, limit=args.limit, show_progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"eagle-ext regenerate: error: {exc}", file=sys.stderr)
