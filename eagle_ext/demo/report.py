@@ -21,9 +21,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from eagle_ext._io import atomic_path
 from eagle_ext.serve.speculative import lossless_label
-from eagle_ext.train.reporting import format_table, read_metrics
+from eagle_ext.train.reporting import format_table, read_metrics, save_figure
 
 __all__ = ["ALGORITHM_TITLES", "DRAFT_NAMES", "PER_K_FIELDS", "build_report", "by_k", "check_report", "format_report_table",
            "plot_report"]
@@ -236,9 +235,5 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> bool:
     ax_tps.grid(alpha=0.3, axis="y")
     fig.suptitle(f"eagle_ext demo: {report['target']['name']} ({report['dtype']}, {report['device']})")
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return True

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from eagle_ext._io import atomic_path
 
-__all__ = ["MetricsLog", "format_table", "plot_curves", "read_metrics"]
+__all__ = ["MetricsLog", "format_table", "plot_curves", "read_metrics", "save_figure"]
 
 
 class MetricsLog:
@@ -96,12 +96,19 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
     fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    return True
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
+    import matplotlib.pyplot as plt
+
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-    return True
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
