@@ -408,3 +408,44 @@ def test_init_head_from_target_copies_the_draft_vocab_rows(tmp_path, tiny):
         wide = torch.nn.Module()
         wide.get_output_embeddings = lambda: torch.nn.Linear(3, target.config.vocab_size, bias=False)
         init_head_from_target(draft, wide, ids)
+
+
+def test_init_from_warm_starts_from_an_export(tmp_path, tiny):
+    """init_from: a fresh run starts from an exported draft's weights and keeps its vocabulary (fresh optimiser);
+    exports that do not fit the run are refused before training, naming what differs."""
+    from eagle_ext.serve import load_exported_draft
+    from eagle_ext.train.checkpoint import load_checkpoint_draft, load_token_mapping
+    from eagle_ext.train.loop import run_training
+
+    first = str(tmp_path / "first")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(first, "train.max_steps=3", "eagle3.init_head_from_target=true",
+                                                     "checkpoint.export_formats=[sglang]")]) == 0
+    export = os.path.join(first, "export", "sglang")
+    exported = load_exported_draft(export, embed_tokens=torch.zeros(load_checkpoint_draft(first)[0].model.embed_tokens.weight.shape))
+    warm = str(tmp_path / "warm")
+    # lr ~0: the one step leaves the weights where init_from put them (init_head_from_target does not apply); the
+    # vocabulary is the export's, in its ascending target-id order (a fresh run orders it by frequency)
+    assert main(["train", "-c", TINY["eagle3"], *tiny(warm, "train.max_steps=1", "optim.lr=1e-12", f"init_from={export}",
+                                                    "eagle3.init_head_from_target=true")]) == 0
+    draft, _ = load_checkpoint_draft(warm)
+    ids, mask = load_token_mapping(resolve_checkpoint(warm))
+    assert torch.equal(ids, exported.draft.d2t + torch.arange(ids.numel())) and int(mask.sum()) == ids.numel()
+    theirs = exported.draft.state_dict()
+    for name, tensor in draft.state_dict().items():
+        if name != "model.embed_tokens.weight":
+            torch.testing.assert_close(tensor, theirs[name], atol=1e-6, rtol=0, msg=name)
+    # the warm run's first eval is where the first run's last one ended (up to the export's bf16 rounding)
+    def evals(run):
+        return [r for r in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if r["split"] == "eval"]
+    assert abs(evals(warm)[-1]["loss"] - evals(first)[-1]["loss"]) < 0.02
+
+    for extra, message in ((["data.draft_vocab_size=32"], "draft_vocab_size 64"),
+                           (["target.aux_layer_ids=[0,1,2]"], "aux layers"),
+                           ([f"init_from={tmp_path}"], "init_from")):
+        with pytest.raises(ConfigError, match=message):
+            run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), f"init_from={export}", *extra)))
+    peagle = str(tmp_path / "peagle")
+    assert main(["train", "-c", TINY["peagle"], *tiny(peagle, "train.max_steps=1", "checkpoint.export_formats=[speculators]")]) == 0
+    with pytest.raises(ConfigError, match="algorithm 'peagle'"):
+        run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad2"),
+                                                     f"init_from={os.path.join(peagle, 'export', 'speculators')}")))

@@ -150,6 +150,7 @@ class RecipeConfig:
     output_dir: str = ""  # required
     algorithm: str = "eagle3"  # eagle3 | peagle
     resume: str | None = None  # None: fresh run (refuses a non-empty checkpoints dir); auto: latest if any; a path
+    init_from: str | None = None  # a fresh run's draft weights and vocabulary from an exported draft (a warm start)
     target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eagle3: Eagle3Config = field(default_factory=Eagle3Config)
@@ -297,7 +298,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 #: path-valued keys where a leading ``~`` means the user's home (shipped configs name ``~/.cache/...``)
 _PATH_KEYS = (("target", "name_or_path"), ("target", "tokenizer"), ("data", "train_path"), ("data", "eval_path"),
-              ("data", "vocab_cache_path"), ("data", "cache_dir"), ("data", "cached_target_path"), ("", "output_dir"))
+              ("data", "vocab_cache_path"), ("data", "cache_dir"), ("data", "cached_target_path"), ("", "output_dir"),
+              ("", "init_from"))
 
 
 def _expand_user_paths(cfg: RecipeConfig) -> None:
@@ -443,6 +445,9 @@ def validate(cfg: RecipeConfig) -> None:
                      "'speculators' or 'specforge_peagle' for P-EAGLE (SGLang serves EAGLE-3 drafts)")
     if cfg.resume is not None and cfg.resume != "auto":
         _require(os.path.exists(cfg.resume), "resume", cfg.resume, "'auto', null or an existing checkpoint / run directory")
+    if cfg.init_from is not None:
+        _require(os.path.isfile(os.path.join(cfg.init_from, "config.json")), "init_from", cfg.init_from,
+                 "null or an exported draft directory (eagle-ext export; with a config.json)")
 
 
 # ---------------------------------------------------------------------------------------------- output

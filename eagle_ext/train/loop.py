@@ -301,6 +301,70 @@ def init_head_from_target(draft, target: torch.nn.Module, selected_ids: torch.Te
         draft.model.norm.weight.copy_(norm.weight.to(draft.model.norm.weight))
 
 
+def load_init_draft(cfg: RecipeConfig, text_config, aux_layer_ids: list[int]):
+    """The exported draft named by ``init_from``, checked against this run: ``(state_dict, selected_token_ids,
+    selected_token_mask)`` with the export's vocabulary (ascending target ids, its ``lm_head`` row order).
+
+    Raises:
+        ConfigError: an export of the other algorithm, another target layout (vocab or hidden size), other aux
+            layers, another P-EAGLE mask token, or an unreadable export (the message names ``init_from``).
+    """
+    from eagle_ext.serve.export import load_exported_draft
+
+    path = cfg.init_from
+    vocab_size, hidden = int(text_config.vocab_size), int(text_config.hidden_size)
+    try:  # the embedding is the target's (re-attached below): a placeholder lets an export without one load
+        exported = load_exported_draft(path, embed_tokens=torch.zeros(vocab_size, hidden))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"init_from {path!r} is not a loadable exported draft for this target: {err}") from None
+    draft = exported.draft
+    differences = []
+    if exported.algorithm != cfg.algorithm:
+        differences.append(f"algorithm {exported.algorithm!r} (this run: {cfg.algorithm!r})")
+    if list(exported.aux_layer_ids) != list(aux_layer_ids):
+        differences.append(f"aux layers {exported.aux_layer_ids} (this run: {aux_layer_ids})")
+    if (int(draft.config.vocab_size), int(draft.config.hidden_size)) != (vocab_size, hidden):
+        differences.append(f"target vocab / hidden size {draft.config.vocab_size} / {draft.config.hidden_size} "
+                           f"(this target: {vocab_size} / {hidden})")
+    if cfg.algorithm == "peagle" and exported.mask_token_id != cfg.peagle.mask_token_id:
+        differences.append(f"mask_token_id {exported.mask_token_id} (this run: {cfg.peagle.mask_token_id})")
+    vd = cfg.data.draft_vocab_size if cfg.data.draft_vocab_size is not None else vocab_size
+    if int(draft.config.draft_vocab_size) != vd:
+        differences.append(f"draft_vocab_size {draft.config.draft_vocab_size} (this run: {vd})")
+    if differences:
+        raise ConfigError(f"init_from {path!r} does not fit this run: " + "; ".join(differences))
+    ids = torch.arange(vd)
+    if draft.is_compressed:
+        ids = ids + draft.d2t.to(torch.int64)
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[ids] = True
+    state = {k: v for k, v in draft.state_dict().items() if k != "model.embed_tokens.weight"}
+    return state, ids, mask
+
+
+def _check_same_vocabulary(ids: torch.Tensor, other: torch.Tensor, path: str, what: str) -> None:
+    a, b = set(ids.tolist()), set(other.tolist())
+    if a != b:
+        raise ConfigError(f"init_from {path!r} has another draft vocabulary than {what}: {len(a - b)} of its "
+                          f"{len(a)} tokens are not in it")
+
+
+@torch.no_grad()
+def _load_warm_weights(draft, state: dict[str, torch.Tensor], path: str) -> None:
+    """Copy an export's weights into the freshly built draft (every tensor but the target's embedding)."""
+    own = {k for k in draft.state_dict() if k != "model.embed_tokens.weight"}
+    missing, extra = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or extra:
+        raise ConfigError(f"init_from {path!r} does not fit this run's draft (fc_norm / norm_output / layers): "
+                          f"missing {missing}, unexpected {extra}")
+    mine = draft.state_dict()
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(mine[name].shape):
+            raise ConfigError(f"init_from {path!r}: {name} has shape {list(tensor.shape)}, this run's draft needs "
+                              f"{list(mine[name].shape)}")
+        mine[name].copy_(tensor)
+
+
 def build_trainer(cfg: RecipeConfig, draft, selected_ids, selected_mask, generator: torch.Generator | None):
     if cfg.algorithm == "eagle3":
         from eagle_ext.eagle3 import Eagle3TrainerModule
@@ -483,12 +547,20 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
         tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.name_or_path, trust_remote_code=t.trust_remote_code)
         train_loader, eval_loader = build_loaders(cfg, tokenizer, ctx, show_progress=show)
     resume_state = load_training_state(resume_from, rank=ctx.rank) if resume_from is not None else None
+    warm = None
+    if cfg.init_from is not None and resume_state is None:
+        warm = load_init_draft(cfg, text_config, aux_layer_ids)
     if resume_state is not None:
         selected_ids, selected_mask = resume_state["selected_token_ids"], resume_state["selected_token_mask"]
     elif cache is not None:
         from eagle_ext.offline import load_cached_token_mapping
 
         selected_ids, selected_mask = load_cached_token_mapping(cache)
+        if warm is not None:
+            _check_same_vocabulary(warm[1], selected_ids, cfg.init_from, f"the offline cache {cache!r}")
+            selected_ids, selected_mask = warm[1], warm[2]
+    elif warm is not None:  # the warm start keeps the vocabulary its head was trained on
+        selected_ids, selected_mask = warm[1], warm[2]
     else:
         selected_ids, selected_mask = load_or_build_eagle3_token_mapping(
             train_loader, vocab_size, cfg.data.draft_vocab_size, tokenizer_special_ids(tokenizer),
@@ -510,7 +582,10 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     draft.copy_embeddings_from(embeddings)
     draft.set_vocab_mapping(selected_ids)
     del embeddings
-    if (cfg.eagle3 if cfg.algorithm == "eagle3" else cfg.peagle).init_head_from_target and resume_state is None:
+    if warm is not None:
+        _load_warm_weights(draft, warm[0], cfg.init_from)
+        _log_main(ctx, f"init_from: draft weights and vocabulary from {cfg.init_from} (fresh optimiser and schedule)")
+    elif (cfg.eagle3 if cfg.algorithm == "eagle3" else cfg.peagle).init_head_from_target and resume_state is None:
         init_head_from_target(draft, hf_target, selected_ids)
     if hf_target is not None:
         if t.sharding == "fsdp":
