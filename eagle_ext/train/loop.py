@@ -540,6 +540,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > vocab_size:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab_size}), got "
                           f"{cfg.data.draft_vocab_size}")
+    # a warm start (a fresh run only) is checked against the run before any data is read or model loads
+    warm = load_init_draft(cfg, text_config, aux_layer_ids) if cfg.init_from is not None and resume_from is None else None
     if cache is not None:
         train_loader, eval_loader = build_cached_loaders(cfg, ctx, manifest, vocab_size, aux_layer_ids,
                                                          int(text_config.hidden_size), show_progress=show)
@@ -547,9 +549,6 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
         tokenizer = AutoTokenizer.from_pretrained(t.tokenizer or t.name_or_path, trust_remote_code=t.trust_remote_code)
         train_loader, eval_loader = build_loaders(cfg, tokenizer, ctx, show_progress=show)
     resume_state = load_training_state(resume_from, rank=ctx.rank) if resume_from is not None else None
-    warm = None
-    if cfg.init_from is not None and resume_state is None:
-        warm = load_init_draft(cfg, text_config, aux_layer_ids)
     if resume_state is not None:
         selected_ids, selected_mask = resume_state["selected_token_ids"], resume_state["selected_token_mask"]
     elif cache is not None:
