@@ -364,6 +364,28 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
     loss = {name: [r["loss"] for r in map(json.loads, open(os.path.join(run, "metrics.jsonl")))]
             for name, run in (("live", live), ("cached", cached))}
     torch.testing.assert_close(torch.tensor(loss["cached"]), torch.tensor(loss["live"]), rtol=1e-4, atol=1e-5)
+    # a warm start from the cache: the export's head rows follow the cache's vocabulary order, so per target token
+    # the warm draft predicts what the export does
+    from eagle_ext.serve import load_exported_draft
+    from eagle_ext.train.checkpoint import load_checkpoint_draft
+
+    live_draft, _ = load_checkpoint_draft(live)
+    export = str(tmp_path / "live_export")
+    assert main(["export", live, "--format", "speculators", "--dtype", "fp32", "--out", export]) == 0
+    warm = str(tmp_path / "warm_cached")
+    assert main(["train", "-c", TINY["eagle3"], *tiny(warm, *common, "train.max_steps=1", "optim.lr=1e-12",
+                                                    f"init_from={export}", f"data.cached_target_path={caches['train']}",
+                                                    f"data.eval_path={caches['eval']}")]) == 0
+    warm_draft, _ = load_checkpoint_draft(warm)
+    hidden = torch.randn(1, 4, live_draft.config.hidden_size)
+
+    def per_target_token(draft):
+        out = torch.full((1, 4, draft.config.vocab_size), float("-inf"))
+        out[..., draft.d2t + torch.arange(draft.d2t.numel())] = draft.compute_logits(hidden)
+        return out
+
+    exported = load_exported_draft(export).draft
+    torch.testing.assert_close(per_target_token(warm_draft), per_target_token(exported), atol=1e-5, rtol=0)
     # a cache made for another configuration is refused, naming the field
     with pytest.raises(ConfigError, match="seq_length"):
         loop.run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), *common, "data.seq_length=64",

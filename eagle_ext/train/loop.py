@@ -338,8 +338,7 @@ def load_init_draft(cfg: RecipeConfig, text_config, aux_layer_ids: list[int]):
         ids = ids + draft.d2t.to(torch.int64)
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     mask[ids] = True
-    state = {k: v for k, v in draft.state_dict().items() if k != "model.embed_tokens.weight"}
-    return state, ids, mask
+    return draft.state_dict(), ids, mask
 
 
 def _check_same_vocabulary(ids: torch.Tensor, other: torch.Tensor, path: str, what: str) -> None:
@@ -349,10 +348,20 @@ def _check_same_vocabulary(ids: torch.Tensor, other: torch.Tensor, path: str, wh
                           f"{len(a)} tokens are not in it")
 
 
+_NOT_WARM_STARTED = ("model.embed_tokens.weight", "d2t", "t2d")  # the target's embedding; the run's vocab maps
+
+
 @torch.no_grad()
-def _load_warm_weights(draft, state: dict[str, torch.Tensor], path: str) -> None:
-    """Copy an export's weights into the freshly built draft (every tensor but the target's embedding)."""
-    own = {k for k in draft.state_dict() if k != "model.embed_tokens.weight"}
+def _load_warm_weights(draft, state: dict[str, torch.Tensor], warm_ids: torch.Tensor, run_ids: torch.Tensor,
+                       path: str) -> None:
+    """Copy an export's weights into the freshly built draft (all but the target's embedding and the vocabulary
+    maps, which ``set_vocab_mapping`` already wrote for ``run_ids``); ``lm_head`` row i becomes the export's row
+    of target token ``run_ids[i]`` (the same set as ``warm_ids``, possibly in another order)."""
+    state = {k: v for k, v in state.items() if k not in _NOT_WARM_STARTED}
+    if not torch.equal(warm_ids, run_ids):
+        row_of = {int(t): i for i, t in enumerate(warm_ids.tolist())}
+        state["lm_head.weight"] = state["lm_head.weight"][torch.tensor([row_of[int(t)] for t in run_ids.tolist()])]
+    own = {k for k in draft.state_dict() if k not in _NOT_WARM_STARTED}
     missing, extra = sorted(own - set(state)), sorted(set(state) - own)
     if missing or extra:
         raise ConfigError(f"init_from {path!r} does not fit this run's draft (fc_norm / norm_output / layers): "
@@ -555,9 +564,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
         from eagle_ext.offline import load_cached_token_mapping
 
         selected_ids, selected_mask = load_cached_token_mapping(cache)
-        if warm is not None:
+        if warm is not None:  # the cache's supervision is in its own vocabulary order: the head rows follow it
             _check_same_vocabulary(warm[1], selected_ids, cfg.init_from, f"the offline cache {cache!r}")
-            selected_ids, selected_mask = warm[1], warm[2]
     elif warm is not None:  # the warm start keeps the vocabulary its head was trained on
         selected_ids, selected_mask = warm[1], warm[2]
     else:
@@ -582,7 +590,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     draft.set_vocab_mapping(selected_ids)
     del embeddings
     if warm is not None:
-        _load_warm_weights(draft, warm[0], cfg.init_from)
+        _load_warm_weights(draft, warm[0], warm[1], selected_ids, cfg.init_from)
         _log_main(ctx, f"init_from: draft weights and vocabulary from {cfg.init_from} (fresh optimiser and schedule)")
     elif (cfg.eagle3 if cfg.algorithm == "eagle3" else cfg.peagle).init_head_from_target and resume_state is None:
         init_head_from_target(draft, hf_target, selected_ids)
