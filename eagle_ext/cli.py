@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eagle_ext.serve.eval_cli", "measure real acceptance with speculative decoding against the target"),
     "precompute": ("eagle_ext.offline.cli", "run the target once and write the offline training cache"),
     "regenerate": ("eagle_ext.data.regenerate_cli", "answer a prompt set with the target itself (JSONL chats)"),
+    "synthesize": ("eagle_ext.data.synthesize_cli", "make user prompts / chats with the target itself (Magpie)"),
     "demo": ("eagle_ext.demo.cli", "run the main job on the embedded default (CPU, nothing downloaded)"),
     "info": ("eagle_ext.info_cli", "print versions and where the compiled extension was loaded from"),
 }

@@ -199,8 +199,9 @@ def _answered(out_path: str, prompts: Sequence[ChatPrompt]) -> set[int]:
     return done
 
 
-def _check_settings(out_path: str, settings: dict) -> bool:
-    """True when ``out_path`` exists and its settings file matches ``settings``.
+def _check_settings(out_path: str, settings: dict, *, command: str = "regenerate") -> bool:
+    """True when ``out_path`` exists and its settings file matches ``settings`` (only the keys of ``settings``
+    are compared; ``command`` names the eagle-ext command in the messages).
 
     Raises:
         ValueError: the output exists without a settings file, or with different settings.
@@ -210,7 +211,7 @@ def _check_settings(out_path: str, settings: dict) -> bool:
         return False
     if not os.path.isfile(path):
         raise ValueError(f"--out: {out_path!r} exists but has no {os.path.basename(path)}; it was not written by "
-                         "eagle-ext regenerate, choose a new --out")
+                         f"eagle-ext {command}, choose a new --out")
     with open(path) as f:
         stored = json.load(f)
     changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
