@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from eagle_ext.cli import main as cli_main
-from eagle_ext.data import synthesize as synth
 from eagle_ext.data.regenerate import read_prompts, settings_path
 from eagle_ext.data.synthesize import (
     SENTINEL,
@@ -43,7 +42,7 @@ from eagle_ext.data.text_filters import (
 )
 from eagle_ext.demo.corpus import corpus_words
 from eagle_ext.demo.target import demo_target_config
-from eagle_ext.demo.tokenizer import CHATML_TEMPLATE, build_demo_tokenizer
+from eagle_ext.demo.tokenizer import build_demo_tokenizer
 
 # A SmolLM2-style template: a default system turn when the conversation has none.
 DEFAULT_SYSTEM_TEMPLATE = (
@@ -724,12 +723,11 @@ def test_engine_vllm_unavailable_fails_before_loading(unloadable_target, tmp_pat
 
 @pytest.mark.slow  # loads SmolLM2 (135M, fp32) and generates a few hundred tokens on CPU: ~1 min
 def test_smollm2_prompts_and_answers(tmp_path):
-    from eagle_ext.demo.smollm2 import SmolLM2NotInstalled, default_cache_dir
+    from eagle_ext.demo.smollm2 import default_cache_dir
 
     directory = default_cache_dir()
     if not os.path.isfile(os.path.join(directory, "config.json")):
         pytest.skip(f"SmolLM2 not converted at {directory} (run the demo once, or eagle_ext.demo.smollm2.smollm2_path())")
-    del SmolLM2NotInstalled
     out = tmp_path / "s"
     stats = synthesize_prompts(directory, out, num_prompts=3, engine="hf", max_tokens=96, max_new_tokens=32,
                                batch_size=6, show_progress=False, exclude=[HELDOUT])

@@ -89,7 +89,6 @@ from eagle_ext.data.text_filters import (
     degenerate_reason,
     garbage_reason,
     length_reason,
-    normalize_text,
     text_hash,
 )
 
@@ -657,7 +656,10 @@ def synthesize_prompts(
     resuming = os.path.isdir(out_dir) and (os.path.exists(settings_path(out_dir)) or bool(os.listdir(out_dir)))
     if resuming:
         _check_settings(out_dir, settings, command="synthesize")
-    stored = json.load(open(settings_path(out_dir))) if resuming else {}
+    stored = {}
+    if resuming:
+        with open(settings_path(out_dir)) as f:
+            stored = json.load(f)
     progress = stored.get("progress", {})
     shards = _load_progress(out_dir, progress, compress) if resuming else []
     stats = {**_empty_stats(), **progress.get("stats", {})}
