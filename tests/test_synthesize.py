@@ -450,10 +450,14 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_rows(target, tmp_p
     stats = _synth(target, part, num_prompts=9, shard_size=4, batch_size=3, turns=2)
     assert _rows(part) == expected and stats["rows"] == 9 and stats["new_rows"] == 9 - len(first)
     assert sorted(os.listdir(part)) == sorted(os.listdir(whole))
-    # growing a finished set continues it
+    # growing a finished set continues it as an uninterrupted run would, also from the middle of a batch
+    assert json.load(open(settings_path(part)))["progress"]["next_index"] % 3 != 0
     _synth(target, part, num_prompts=13, shard_size=4, batch_size=3, turns=2)
-    _synth(target, whole, num_prompts=13, shard_size=4, batch_size=3, turns=2)
-    assert _rows(part) == _rows(whole) and len(_rows(part)) == 13
+    _synth(target, tmp_path / "straight", num_prompts=13, shard_size=4, batch_size=3, turns=2)
+    assert _rows(part) == _rows(tmp_path / "straight") and len(_rows(part)) == 13
+    counts = [{k: json.load(open(settings_path(d)))["progress"]["stats"][k] for k in ("candidates", "kept", "dropped")}
+              for d in (part, tmp_path / "straight")]
+    assert counts[0] == counts[1]  # candidates decided before the interruption are not counted twice
     again = _synth(target, part, num_prompts=13, shard_size=4, batch_size=3, turns=2)
     assert again["new_rows"] == 0
 
@@ -701,6 +705,16 @@ def test_engine_resolution(monkeypatch, tokenizer, fake_vllm):
     monkeypatch.setattr(sys.modules["eagle_ext.engines"], "vllm", unavailable)
     assert resolve_engine("auto") == ("hf", None)  # the default falls back to hf
     with pytest.raises(ValueError, match="--engine vllm: vLLM is not available: .*make vllm"):
+        resolve_engine("vllm")
+
+
+def test_engine_resolution_without_the_vllm_engine_module(monkeypatch):
+    package = types.ModuleType("eagle_ext.engines")  # without a vllm attribute, whatever was imported before
+    package.__path__ = []
+    monkeypatch.setitem(sys.modules, "eagle_ext.engines", package)
+    monkeypatch.setitem(sys.modules, "eagle_ext.engines.vllm", None)  # importing it raises ImportError
+    assert resolve_engine("auto") == ("hf", None)
+    with pytest.raises(ValueError, match="--engine vllm: vLLM is not available: the vLLM engine module cannot be"):
         resolve_engine("vllm")
 
 
