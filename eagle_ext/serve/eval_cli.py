@@ -1,13 +1,15 @@
 """``eagle-ext eval``: measure a draft's real acceptance with speculative decoding against its target.
 
 ``eagle-ext eval --target PATH --draft EXPORT_DIR --prompts FILE [--num-draft-tokens K [K ...]]
-[--max-new-tokens M] [--temperature T] [--seed S] [--out FILE] [--device cpu|cuda] [--dtype ...]``
+[--max-new-tokens M] [--temperature T] [--seed S] [--out FILE] [--device cpu|cuda] [--dtype ...] [--save-text]``
 
 The draft is read from an export directory (:func:`eagle_ext.serve.export.load_exported_draft`), so the
 evaluation also proves the export. Prompts: a JSONL file whose lines are a JSON string, ``{"prompt": str}``
 or a chat row (OpenAI ``messages`` or ShareGPT ``conversations``; trailing assistant turns are dropped, the
 target writes the reply), rendered with the target tokenizer's chat template (``add_generation_prompt=True``).
-Every argument is checked before a model loads. The engine is :mod:`eagle_ext.serve.speculative`.
+Every argument, the prompts, the export (as ``export --check`` does) and the target's ``config.json`` are
+checked before any weights load; a draft whose recorded target differs from ``--target`` gets a warning.
+``--save-text`` adds each prompt's generated text to the report. The engine is :mod:`eagle_ext.serve.speculative`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
                         help="target and draft dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of what the JSON report holds (kept apart from the engine options)."""
+    parser.add_argument("--save-text", action="store_true",
+                        help="also write each prompt's generated text and token ids (target-only and per K) "
+                             "into the JSON report")
+
+
+def looks_like_local_path(path: str) -> bool:
+    """True when ``path`` can only mean a local directory: absolute, ``./``, ``~``, several ``/`` parts, a trailing
+    separator, or a first part that is a local directory (``runs/nope`` with ``runs/`` here). A hub id looks like
+    ``owner/name``."""
+    if path.startswith((os.sep, ".", "~")) or path.endswith(os.sep) or not _HUB_ID.match(path):
+        return True
+    return os.path.isdir(path.split("/", 1)[0])
 
 
 def _check_model_dir(name: str, path: str, *, hub_ok: bool) -> None:
@@ -52,8 +71,10 @@ def _check_model_dir(name: str, path: str, *, hub_ok: bool) -> None:
         return
     if os.path.exists(path):
         raise ValueError(f"{name} {path!r} is a file, expected a directory")
-    if not (hub_ok and _HUB_ID.match(path)):
-        raise ValueError(f"{name} {path!r} does not exist" + (" (and is not a hub id owner/name)" if hub_ok else ""))
+    if not hub_ok or looks_like_local_path(path):
+        raise ValueError(f"{name} {path!r}: no such directory" + (
+            "; expected a model directory holding config.json (or a hub id owner/name)" if hub_ok
+            else "; expected an export directory written by `eagle-ext export`"))
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -88,8 +109,9 @@ def validate_args(args: argparse.Namespace) -> None:
 def load_prompts(path: str, max_prompts: int | None = None) -> list[list[dict]]:
     """Read a prompt file into conversations (lists of OpenAI messages ending in a non-assistant turn).
 
-    Each non-blank line is a JSON string (a user message), ``{"prompt": str}`` (a user message, with an
-    optional ``system`` string) or a chat row (``messages`` / ``conversations``, normalised by
+    In a ``.txt`` file each non-blank line is a user message. Otherwise (JSON Lines) each non-blank line is a
+    JSON string (a user message), ``{"prompt": str}`` (a user message, with an optional ``system`` string) or a
+    chat row (``messages`` / ``conversations``, normalised by
     :func:`eagle_ext.data.chat.normalize_messages`; trailing assistant turns are dropped).
 
     Raises:
@@ -98,15 +120,22 @@ def load_prompts(path: str, max_prompts: int | None = None) -> list[list[dict]]:
     from eagle_ext.data.chat import SkippedRow, normalize_messages
 
     conversations: list[list[dict]] = []
+    plain_text = path.lower().endswith(".txt")
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"--prompts {path!r} line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc})") from None
+            if plain_text:  # one prompt per line
+                row = line.rstrip("\r\n")
+            else:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"{where}: invalid JSON ({exc}); expected JSON Lines, each line a JSON string, "
+                        '{"prompt": "..."} or a chat row {"messages": [...]}; for plain text, one prompt per line, '
+                        "name the file *.txt") from None
             if isinstance(row, str):
                 row = {"prompt": row}
             if not isinstance(row, dict):
@@ -135,6 +164,92 @@ def load_prompts(path: str, max_prompts: int | None = None) -> list[list[dict]]:
     if not conversations:
         raise ValueError(f"--prompts {path!r} holds no prompt")
     return conversations
+
+
+def _same_target(recorded: str, given: str) -> bool:
+    if recorded == given:
+        return True
+    if os.path.isdir(recorded) and os.path.isdir(given):
+        return os.path.samefile(recorded, given)
+    return os.path.normpath(recorded) == os.path.normpath(given)
+
+
+def check_draft_against_target(args: argparse.Namespace) -> list[str]:
+    """Read the export's ``config.json`` and the target's (no weights) and compare them; returns warnings.
+
+    The export is checked like ``eagle-ext export --check``. A draft whose hidden size or vocabulary differs from
+    the target's, or whose aux layers the target does not have, cannot run against it (an error); a differing
+    recorded target (``target_name_or_path``) or recorded layer count is a warning.
+
+    Raises:
+        ValueError: naming ``--draft`` / ``--target``, the values and the fix.
+    """
+    from eagle_ext.serve.export import METADATA_KEY, _read_config, _split_config, check_export, detect_export_format
+
+    problems = check_export(args.draft)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"--draft {args.draft!r} is not a valid export: {problems[0]}{more}; "
+                         f"`eagle-ext export --check {args.draft}` lists every problem")
+    config = _read_config(args.draft)
+    fmt, _ = detect_export_format(config)
+    layer, aux_ids = _split_config(config, fmt)
+    block = config.get(METADATA_KEY) or {}
+    recorded = (config.get("speculators_config") or {}).get("verifier", {}).get("name_or_path") \
+        if fmt == "speculators" else None
+    recorded = recorded or block.get("target_name_or_path")
+    recorded_layers = block.get("target_num_hidden_layers")
+
+    try:
+        from transformers import AutoConfig
+
+        target_config = AutoConfig.from_pretrained(args.target)
+    except (OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ValueError(f"--target {args.target!r}: cannot read its config.json ({detail}); expected a model "
+                         "directory, or a hub id already in the local Hugging Face cache") from None
+    text = getattr(target_config, "get_text_config", lambda: target_config)()
+    vocab, hidden, layers = (int(getattr(text, k, -1)) for k in ("vocab_size", "hidden_size", "num_hidden_layers"))
+    fix = f"--draft {args.draft!r} was not trained for --target {args.target!r}" + (
+        f" (it records target {recorded!r})" if recorded else "")
+    if layer.get("vocab_size") is not None and int(layer["vocab_size"]) != vocab:
+        raise ValueError(f"the draft's vocab_size ({layer['vocab_size']}) differs from the target's ({vocab}): {fix}")
+    if layer.get("hidden_size") is not None and int(layer["hidden_size"]) != hidden:
+        raise ValueError(f"the draft's hidden_size ({layer['hidden_size']}) differs from the target's ({hidden}): "
+                         f"{fix}")
+    if aux_ids and max(aux_ids) >= layers:
+        raise ValueError(f"the draft reads target layers {aux_ids}, the target has {layers}: {fix}")
+    warnings = []
+    if recorded and not _same_target(str(recorded), args.target):
+        warnings.append(f"--draft {args.draft!r} was exported for target {recorded!r}, evaluating it against "
+                        f"--target {args.target!r}")
+    if isinstance(recorded_layers, int) and recorded_layers != layers:
+        warnings.append(f"--draft {args.draft!r} records a target of {recorded_layers} layers, --target "
+                        f"{args.target!r} has {layers}")
+    return warnings
+
+
+def prepare_run(args: argparse.Namespace) -> list[list[dict]]:
+    """Every check that needs no weights, in order: the arguments, the prompts, the export and the target's
+    ``config.json`` (warnings printed to stderr). Returns the conversations.
+
+    Raises:
+        ValueError: the first problem (naming the argument, the value and what is expected).
+    """
+    validate_args(args)
+    conversations = load_prompts(args.prompts, args.max_prompts)
+    for warning in check_draft_against_target(args):
+        print(f"eagle-ext eval: warning: {warning}", file=sys.stderr)
+    return conversations
+
+
+def add_generated_text(report: dict[str, Any], tokenizer: Any) -> None:
+    """Decode the ``tokens`` of every per-prompt entry (target-only and each K) into ``text`` (special tokens
+    kept, so a stop token shows)."""
+    for entry in report.get("prompts", []):
+        for summary in [entry["target_only"], *entry["speculative"]]:
+            if "tokens" in summary:
+                summary["text"] = tokenizer.decode(summary["tokens"], skip_special_tokens=False)
 
 
 def render_prompts(tokenizer: Any, conversations: list[list[dict]]) -> list[list[int]]:
@@ -171,8 +286,7 @@ def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        validate_args(args)
-        conversations = load_prompts(args.prompts, args.max_prompts)
+        conversations = prepare_run(args)
     except ValueError as exc:
         print(f"eagle-ext eval: error: {exc}", file=sys.stderr)
         return 2
@@ -210,8 +324,10 @@ def run(args: argparse.Namespace) -> int:
         runner, drafter, prompts,
         num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         seed=args.seed, stop_token_ids=[] if args.ignore_eos else stop_token_ids(tokenizer, model),
-        progress=not args.no_progress,
+        progress=not args.no_progress, keep_tokens=getattr(args, "save_text", False),
     )
+    if getattr(args, "save_text", False):
+        add_generated_text(report, tokenizer)
     report["settings"].update({
         "target": args.target, "draft": args.draft, "prompts": args.prompts, "format": exported.format,
         "aux_layer_ids": exported.aux_layer_ids, "dtype": dtype_name, "ignore_eos": bool(args.ignore_eos),

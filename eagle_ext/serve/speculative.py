@@ -646,6 +646,7 @@ def evaluate_speculative(
     stop_token_ids: Sequence[int] = (),
     warmup: bool = True,
     progress: bool = True,
+    keep_tokens: bool = False,
 ) -> dict[str, Any]:
     """Decode every prompt target-only and speculatively with every K, in the same run, and report.
 
@@ -657,14 +658,16 @@ def evaluate_speculative(
     Returns:
         a JSON-ready dict: ``settings``, ``target_only`` (:func:`summarize_decodes`), ``speculative`` (one
         summary per K, plus ``speedup`` = speculative / target-only tokens/s and ``lossless``) and
-        ``prompts`` (per prompt: ``prompt_tokens``, ``target_only`` and per-K summaries).
+        ``prompts`` (per prompt: ``prompt_tokens``, ``target_only`` and per-K summaries; with ``keep_tokens``
+        each of these also holds the generated ids, ``tokens``).
 
     Raises:
         ValueError: no prompts, K < 1, ``max_new_tokens < 1`` or ``temperature < 0`` (before decoding).
     """
     return evaluate_drafters(target, {"draft": drafter}, prompts, num_draft_tokens=num_draft_tokens,
                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                             stop_token_ids=stop_token_ids, warmup=warmup, progress=progress)["draft"]
+                             stop_token_ids=stop_token_ids, warmup=warmup, progress=progress,
+                             keep_tokens=keep_tokens)["draft"]
 
 
 def evaluate_drafters(
@@ -679,6 +682,7 @@ def evaluate_drafters(
     stop_token_ids: Sequence[int] = (),
     warmup: bool = True,
     progress: bool = True,
+    keep_tokens: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate_speculative` for several drafters against ONE target-only baseline.
 
@@ -728,12 +732,16 @@ def evaluate_drafters(
         for name, drafter in drafters.items():
             entry: dict[str, Any] = {"prompt_tokens": len(prompt), "target_only": summarize_decodes([base]),
                                      "speculative": []}
+            if keep_tokens:  # the generated ids (the caller may decode them to text)
+                entry["target_only"]["tokens"] = list(base.tokens)
             for kk in ks:
                 res = speculative_decode(target, drafter, prompt, num_draft_tokens=kk,
                                          max_new_tokens=max_new_tokens, generator=generator(i), **common)
                 spec[name][kk].append(res)
                 summary = summarize_decodes([res])
                 summary["matches_target"] = res.tokens == base.tokens if temperature == 0 else None
+                if keep_tokens:
+                    summary["tokens"] = list(res.tokens)
                 entry["speculative"].append(summary)
             per_prompt[name].append(entry)
 

@@ -251,7 +251,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); quote "
+                              "strings and close brackets, e.g. optim.betas=[0.9,0.95]") from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -284,7 +288,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         with open(path) as f:
-            loaded = yaml.safe_load(f)
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path!r} is not valid YAML ({_yaml_problem(exc)}); expected a "
+                                  "mapping of sections such as `train:` with indented `key: value` lines") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
@@ -294,6 +302,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     _expand_user_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """``line L, column C: problem`` of a YAML parse error (1-based), on one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 #: path-valued keys where a leading ``~`` means the user's home (shipped configs name ``~/.cache/...``)
