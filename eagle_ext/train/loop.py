@@ -129,6 +129,17 @@ class MetricWindow:
             s[5 + self.width:] += metrics.depth_valid.double()
         s[4] += tokens.double()
 
+    def restore(self, saved: dict | None, ctx: DistContext) -> float:
+        """Load this rank's sums of a checkpoint's open window (``meta.json`` ``metric_window``); returns the
+        seconds that window had run (0 when the checkpoint has none or another shape)."""
+        if not saved:
+            return 0.0
+        sums = saved.get("sums") or []
+        if len(sums) != ctx.world_size or len(sums[ctx.rank]) != self.sums.numel():
+            return 0.0
+        self.sums.copy_(torch.tensor(sums[ctx.rank], dtype=torch.float64))
+        return float(saved.get("seconds", 0.0))
+
     def reduce(self, ctx: DistContext) -> dict[str, Any]:
         """Sum over ranks, then loss (mean over micro-batches of all ranks), accuracy, tau_sim or per-depth
         accuracy, and the token count; resets the window."""
@@ -412,6 +423,27 @@ def _check_resume_compatible(checkpoint: str, cfg: RecipeConfig, ctx: DistContex
     return meta
 
 
+def _continue_schedule(meta: dict, step: int, total_steps: int, warmup: int, o, optimizer, scheduler,
+                       ctx: DistContext) -> None:
+    """A resumed run whose step budget changed (``train.max_steps`` or ``train.epochs``, which a resume may
+    change) continues on the warmup-cosine schedule recomputed over the new budget, from the current step on (the
+    LR of the next step included), and says so; the checkpoint's optimiser state is kept. Same budget: nothing
+    changes (the resume stays exact)."""
+    from eagle_ext.train.optim import warmup_cosine
+
+    old_total, old_warmup = meta.get("total_steps"), meta.get("warmup_steps")
+    if old_total is None or old_total == total_steps:
+        return
+    factor = warmup_cosine(step, warmup, total_steps, o.min_lr_ratio)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    was = o.lr * warmup_cosine(step, old_warmup if old_warmup is not None else warmup, old_total, o.min_lr_ratio)
+    _log_main(ctx, f"resume: the step budget changed from {old_total} to {total_steps} steps (train.max_steps / "
+                   f"train.epochs); the LR schedule continues recomputed over {total_steps} steps (warmup {warmup}): "
+                   f"LR of step {step + 1} is {o.lr * factor:.3g} (it was {was:.3g} on the {old_total}-step schedule)")
+
+
 def find_resume_checkpoint(cfg: RecipeConfig) -> str | None:
     """The checkpoint to resume from (``resume: auto`` finds the latest under ``output_dir``; ``None`` refuses a run
     directory that already holds checkpoints, so a fresh run never overwrites one by accident)."""
@@ -508,7 +540,11 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     resume_from = find_resume_checkpoint(cfg)  # before anything loads: a wrong resume fails fast
     if resume_from is not None:
-        _check_resume_compatible(resume_from, cfg, ctx)
+        saved_meta = _check_resume_compatible(resume_from, cfg, ctx)
+        if cfg.train.max_steps is not None and cfg.train.max_steps < saved_meta.get("step", 0):
+            raise ConfigError(f"train.max_steps must be >= the step of the checkpoint it resumes ("
+                              f"{saved_meta['step']}, {resume_from}), got {cfg.train.max_steps}; raise it to train "
+                              "further, or export that checkpoint (eagle-ext export)")
     device = ctx.device
     seed = cfg.train.seed
     random.seed(seed)
@@ -627,14 +663,16 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     step, epoch, consumed = 0, 0, 0
     generators = {"cod": generator} if generator is not None else {}
+    resumed_meta: dict[str, Any] = {}
     if resume_state is not None:
         draft.load_state_dict({k: v.to(device) for k, v in resume_state["draft_state"].items()}, strict=True)
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         restore_rng_state(resume_state["rng"], generators)
-        meta = resume_state["meta"]
+        resumed_meta = meta = resume_state["meta"]
         step, epoch, consumed = meta["step"], meta["epoch"], meta["batches_in_epoch"]
         _log_main(ctx, f"resumed from {resume_from} (step {step}, epoch {epoch}, {consumed} batches into it)")
+        _continue_schedule(meta, step, total_steps, warmup, o, optimizer, scheduler, ctx)
         del resume_state
 
     n_trainable = sum(p.numel() for p in params)
@@ -645,6 +683,9 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     width = cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else cfg.peagle.num_depths
     window = MetricWindow(cfg.algorithm, width, device)
+    # the open log window of the interrupted run (steps since its last log line), so log lines fall on the same
+    # steps and cover the same micro-batches as in an uninterrupted run
+    window_seconds = window.restore(resumed_meta.get("metric_window"), ctx)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     if ctx.is_main and resume_from is not None:
         _rewrite_log_until(metrics_path, step)
@@ -699,17 +740,20 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             "ttt_steps": cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else None,
             "num_depths": cfg.peagle.num_depths if cfg.algorithm == "peagle" else None,
             "mask_token_id": cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None,
+            "total_steps": total_steps, "warmup_steps": warmup,
         }
 
     def save() -> str:
         states = all_gather_objects(capture_rng_state(generators), ctx)
+        open_window = {"sums": all_gather_objects(window.sums.cpu().tolist(), ctx),
+                       "seconds": time.perf_counter() - clock}
         digests = all_gather_objects(_weights_digest(draft), ctx)
         if len(set(digests)) > 1:
             warnings.warn(f"draft weights differ across ranks at step {step} (digests {digests}); DDP replicas "
                           "diverged", RuntimeWarning, stacklevel=1)
         path = None
         if ctx.is_main:
-            meta = {"rank_weight_digests": digests, **run_meta()}
+            meta = {"rank_weight_digests": digests, **run_meta(), "metric_window": open_window}
             path = save_training_checkpoint(
                 checkpoint_dir, step=step, draft=draft, selected_token_ids=selected_ids,
                 selected_token_mask=selected_mask, optimizer=optimizer, scheduler=scheduler, rng_states=states,
@@ -725,7 +769,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     try:
         if cfg.train.eval_at_start and step == 0:
             evaluate()
-        clock = time.perf_counter()
+        clock = time.perf_counter() - window_seconds
         while step < total_steps:
             _set_epoch(loader.batch_sampler.batches.sampler, epoch)
             skipper.skip = consumed
