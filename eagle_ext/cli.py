@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = debug
     t0 = time.perf_counter()
     try:
-        code = args.func(args)
+        from eagle_ext._progress import library_progress_bars
+
+        with library_progress_bars(not getattr(args, "no_progress", False)):
+            code = args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise

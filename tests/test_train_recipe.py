@@ -305,8 +305,10 @@ def test_tensorboard_receives_the_logged_scalars(tmp_path, tiny, monkeypatch):
             written.append(("closed", None))
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setattr("eagle_ext.train.config._tensorboard_available", lambda: True)
     run = str(tmp_path / "run")
     overrides = [o for o in tiny(run, "train.max_steps=2", "train.log_every_steps=1") if o != "train.tensorboard=false"]
+    overrides.append("train.tensorboard=true")
     assert main(["train", "-c", TINY["eagle3"], *overrides]) == 0
     assert written[0] == ("dir", os.path.join(run, "tensorboard")) and written[-1] == ("closed", None)
     assert {("train/loss", 1), ("train/tau_sim", 2), ("train/lr", 2), ("eval/accuracy", 2)} <= set(written)

@@ -29,7 +29,7 @@ def run_demo(target: str = "smollm2", *, algorithm: str | None = None, quick: bo
     if target == "tiny":
         from eagle_ext.demo.toy import run_toy_demo
 
-        return run_toy_demo(quick=quick, output_dir=output_dir)
+        return run_toy_demo(quick=quick, output_dir=output_dir, show_progress=show_progress)
     from eagle_ext.demo.smollm2_demo import demo_config, run_smollm2_demo
 
     cfg = demo_config(algorithm or "eagle3", quick=quick, live_steps=live_steps, num_prompts=num_prompts,

@@ -131,7 +131,7 @@ class TrainConfig:
     eval_at_start: bool = False  # also evaluate the untrained draft (a baseline point in the log)
     eval_batches: int | None = None  # None: the whole eval set
     progress: bool = True  # tqdm bar on rank 0
-    tensorboard: bool = True  # when the tensorboard package is installed
+    tensorboard: bool = False  # also log to output_dir/tensorboard (needs the tensorboard package: the [tensorboard] extra)
 
 
 @dataclass
@@ -329,6 +329,13 @@ def _expand_user_paths(cfg: RecipeConfig) -> None:
 # ---------------------------------------------------------------------------------------------- validation
 
 
+def _tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can work: the tensorboard package is importable (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
@@ -446,6 +453,9 @@ def validate(cfg: RecipeConfig) -> None:
         _positive_int(tr.eval_every_steps, "train.eval_every_steps")
     if tr.eval_batches is not None:
         _positive_int(tr.eval_batches, "train.eval_batches")
+    if tr.tensorboard and not _tensorboard_available():
+        raise ConfigError("train.tensorboard is true, but the tensorboard package is not installed; install it "
+                          "(pip install 'eagle_ext[tensorboard]') or set train.tensorboard=false")
 
     c = cfg.checkpoint
     if c.every_steps is not None:

@@ -385,6 +385,20 @@ def _load_warm_weights(draft, state: dict[str, torch.Tensor], warm_ids: torch.Te
         mine[name].copy_(tensor)
 
 
+def wrap_ddp(trainer: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The trainer in DistributedDataParallel, without a buffer broadcast before each forward (the buffers, the
+    vocabulary maps, are equal on every rank and never change). torch >= 2.13 names that ``forward_sync_buffers``
+    and deprecates ``broadcast_buffers`` with a FutureWarning on every rank; older torch knows only the latter."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=False, **no_sync)
+
+
 def build_trainer(cfg: RecipeConfig, draft, selected_ids, selected_mask, generator: torch.Generator | None):
     if cfg.algorithm == "eagle3":
         from eagle_ext.eagle3 import Eagle3TrainerModule
@@ -518,9 +532,12 @@ def run_training(cfg: RecipeConfig) -> TrainResult:
     """
     from tqdm import tqdm
 
+    from eagle_ext._progress import library_progress_bars
+
     ctx = init_distributed(cfg.train.device)
     try:
-        result = _run(cfg, ctx, tqdm)
+        with library_progress_bars(cfg.train.progress and ctx.is_main):
+            result = _run(cfg, ctx, tqdm)
     except BaseException:
         if ctx.distributed and torch.distributed.is_initialized():  # no barrier: other ranks may never reach one
             torch.distributed.destroy_process_group()
@@ -642,10 +659,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     trainer = build_trainer(cfg, draft, selected_ids.to(device), selected_mask.to(device), generator)
     module: torch.nn.Module = trainer
     if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        module = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None,
-                                         broadcast_buffers=False, find_unused_parameters=False)
+        module = wrap_ddp(trainer, device)
 
     # ---- optimiser and schedule
     o = cfg.optim
