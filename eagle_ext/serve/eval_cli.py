@@ -18,13 +18,13 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from typing import Any
 
+from eagle_ext._paths import looks_like_local_path
+
 #: --dtype choice -> torch dtype name ("auto": bf16 on CUDA, fp32 on CPU)
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,15 +53,6 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-text", action="store_true",
                         help="also write each prompt's generated text and token ids (target-only and per K) "
                              "into the JSON report")
-
-
-def looks_like_local_path(path: str) -> bool:
-    """True when ``path`` can only mean a local directory: absolute, ``./``, ``~``, several ``/`` parts, a trailing
-    separator, or a first part that is a local directory (``runs/nope`` with ``runs/`` here). A hub id looks like
-    ``owner/name``."""
-    if path.startswith((os.sep, ".", "~")) or path.endswith(os.sep) or not _HUB_ID.match(path):
-        return True
-    return os.path.isdir(path.split("/", 1)[0])
 
 
 def _check_model_dir(name: str, path: str, *, hub_ok: bool) -> None:

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from eagle_ext._paths import looks_like_local_path
+
 __all__ = [
     "ConfigError",
     "RecipeConfig",
@@ -377,8 +379,7 @@ def validate(cfg: RecipeConfig) -> None:
     else:
         _require(bool(t.name_or_path), "target.name_or_path", t.name_or_path, "a model directory or hub name (required)")
         _require(bool(cfg.data.train_path), "data.train_path", cfg.data.train_path, "a chat data path (required)")
-        looks_local = os.path.sep in t.name_or_path or t.name_or_path.startswith(".") or os.path.exists(t.name_or_path)
-        if looks_local:
+        if looks_like_local_path(t.name_or_path):  # a hub id (owner/name) is read by transformers later
             _require(os.path.isfile(os.path.join(t.name_or_path, "config.json")), "target.name_or_path",
                      t.name_or_path, "a directory holding config.json (the model was not found there)")
         if os.path.sep in cfg.data.train_path or cfg.data.train_path.endswith((".jsonl", ".json", ".parquet")):

@@ -1,6 +1,7 @@
 """``eagle-ext train --dry-run``: what a config would build, without loading weights or data.
 
-Reads the target's ``config.json`` only, builds the target and the draft on the meta device to count their
+Reads the target's ``config.json`` only (a local directory, or a hub id in the local Hugging Face cache or
+reachable online: offline, point ``target.name_or_path`` at a local copy), builds the target and the draft on the meta device to count their
 parameters, and estimates the peak memory of one rank from the shapes.
 """
 
@@ -43,7 +44,11 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     try:
         target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config ({exc})") from exc
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config.json ({detail}); the dry "
+                          "run reads only that file (no weights, no data): give a local model directory, or a hub id "
+                          "that is in the local Hugging Face cache or reachable online") from exc
     text = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
     aux = list(t.aux_layer_ids) if t.aux_layer_ids is not None else default_eagle3_aux_layer_ids(layers)
