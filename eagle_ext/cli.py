@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     args.debug = debug
+    args.argv = argv  # the command line as given (a command may print how to resume it)
     t0 = time.perf_counter()
     try:
         from eagle_ext._progress import library_progress_bars

@@ -221,3 +221,28 @@ def test_eval_accepts_plain_text_prompts_warns_on_another_recorded_target_and_sa
     assert main(_eval(model_pair, "--out", str(out))) == 0
     assert "warning" not in capsys.readouterr().err
     assert "text" not in json.loads(out.read_text())["prompts"][0]["target_only"]
+
+
+def test_ctrl_c_in_precompute_prints_the_resume_command(tmp_path, base, capsys, monkeypatch):
+    import eagle_ext.offline.writer as writer
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "precompute_cache", interrupted)
+    target = next(o.split("=", 1)[1] for o in base if o.startswith("target.name_or_path="))
+    data = next(o.split("=", 1)[1] for o in base if o.startswith("data.train_path="))
+    argv = ["precompute", "--target-model", target, "--input-data", data, "--output-dir", str(tmp_path / "c"),
+            "--seq-length", "64", "--aux-layer-ids", "0", "2", "3", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert f"finished shards in {tmp_path / 'c'} are kept; continue with: eagle-ext precompute" in err
+    assert err.splitlines()[0].endswith("--no-progress --resume")
+
+
+def test_draft_given_a_run_directory_says_to_export_it(tmp_path, model_pair, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(_eval(model_pair, draft=str(run))) == 2
+    assert "a training run? export it first: eagle-ext export RUN" in capsys.readouterr().err

@@ -58,7 +58,10 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_model_dir(name: str, path: str, *, hub_ok: bool) -> None:
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{name} {path!r} is a directory without config.json")
+            hint = ("; expected a model directory" if hub_ok else
+                    "; expected an export directory (a training run? export it first: eagle-ext export RUN --format "
+                    "speculators)")
+            raise ValueError(f"{name} {path!r} is a directory without config.json{hint}")
         return
     if os.path.exists(path):
         raise ValueError(f"{name} {path!r} is a file, expected a directory")
