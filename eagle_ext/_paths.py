@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["HUB_ID", "looks_like_local_path"]
+__all__ = ["looks_like_local_path"]
 
 #: a hub model id: ``owner/name`` or a bare legacy ``name`` (letters, digits, ``_ . -``)
 HUB_ID = re.compile(r"^([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
