@@ -12,10 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "eagle_ext")

@@ -178,7 +178,13 @@ def check_draft_against_target(args: argparse.Namespace) -> list[str]:
     Raises:
         ValueError: naming ``--draft`` / ``--target``, the values and the fix.
     """
-    from eagle_ext.serve.export import METADATA_KEY, _read_config, _split_config, check_export, detect_export_format
+    from eagle_ext.serve.export import (
+        METADATA_KEY,
+        _read_config,
+        _split_config,
+        check_export,
+        detect_export_format,
+    )
 
     problems = check_export(args.draft)
     if problems:
