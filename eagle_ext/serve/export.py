@@ -52,6 +52,7 @@ __all__ = [
     "export_draft",
     "export_trained_draft",
     "check_algorithm_format",
+    "convert_export",
     "load_exported_draft",
 ]
 
@@ -618,6 +619,57 @@ def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Ten
     return ExportedDraft(
         draft=draft, algorithm=algorithm, format=fmt, aux_layer_ids=ids, mask_token_id=mask_token_id,
         target_name_or_path=target, metadata=block,
+    )
+
+
+def convert_export(src: str | os.PathLike, out_dir: str | os.PathLike, *, format: str,  # noqa: A002
+                   dtype: str | None = None, speculative_tokens: int | None = None) -> str:
+    """Re-write an export directory in another format (e.g. an SGLang export as ``speculators`` for vLLM).
+
+    The draft, its vocabulary, aux layers (converted to the new format's convention), target identity and the
+    embedding choice carry over; the float tensors keep the source dtype unless ``dtype`` is given. A draft
+    exported without its embedding stays without it (a placeholder stands in while converting; it is not
+    written).
+
+    Args:
+        src: an export directory in any format :func:`load_exported_draft` reads.
+        out_dir: the new export directory (replaced atomically); must not be ``src``.
+        format: the new format (:data:`EXPORT_FORMATS`).
+        dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (default: the source's).
+        speculative_tokens: the speculators default draft length (default: the source's, else 3).
+
+    Returns:
+        ``out_dir`` as an absolute path.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_exported_draft`; a format that cannot hold the draft;
+            ``out_dir`` equal to ``src``.
+    """
+    src = os.fspath(src)
+    if os.path.abspath(src) == os.path.abspath(os.fspath(out_dir)):
+        raise ValueError(f"out_dir must differ from the source export {src!r}")
+    config = _read_config(src)
+    _, algorithm = detect_export_format(config)
+    check_algorithm_format(algorithm, format, src)
+    layer, _ = _split_config(config, detect_export_format(config)[0])
+    names = _tensor_infos(src)
+    shipped = any(n.endswith("embed_tokens.weight") for n in names)
+    placeholder = None
+    if not shipped:
+        placeholder = torch.zeros(int(layer["vocab_size"]), int(layer["hidden_size"]))
+    exported = load_exported_draft(src, embed_tokens=placeholder)
+    source_dtype = next((k for k, (_, name) in EXPORT_DTYPES.items()
+                         if name in (config.get("dtype"), config.get("torch_dtype"))), "bf16")
+    if speculative_tokens is None:
+        methods = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
+        speculative_tokens = methods[0].get("speculative_tokens") or 3
+    block = exported.metadata
+    return export_draft(
+        exported.draft, out_dir, format=format, aux_layer_ids=exported.aux_layer_ids,
+        target_name_or_path=exported.target_name_or_path,
+        target_num_hidden_layers=block.get("target_num_hidden_layers"),
+        dtype=dtype or source_dtype, include_embeddings=shipped, speculative_tokens=speculative_tokens,
+        metadata={**(block.get("metadata") or {}), "converted_from": os.path.abspath(src)},
     )
 
 
