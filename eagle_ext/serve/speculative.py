@@ -774,8 +774,10 @@ def lossless_label(summary: dict[str, Any], num_prompts: int) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The printed table of an :func:`evaluate_speculative` report."""
     s = report["settings"]
+    engine = f"engine={s['engine']}" + (f" {s['vllm_version']}" if s.get("vllm_version") else "") + ", " \
+        if s.get("engine") else ""
     lines = [
-        f"{s['num_prompts']} prompts, max_new_tokens={s['max_new_tokens']}, temperature={s['temperature']}, "
+        f"{engine}{s['num_prompts']} prompts, max_new_tokens={s['max_new_tokens']}, temperature={s['temperature']}, "
         f"algorithm={s['algorithm']}, device={s['device']}",
         f"{'mode':<12} {'K':>3} {'tau':>6} {'tok/s':>9} {'speed-up':>9} {'lossless':>9}  acceptance per position",
     ]
