@@ -1,0 +1,163 @@
+"""Targets of many families: per-layer-type packed masks (sliding windows), hybrid refusals, draft shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eagle_ext.models import Eagle3TargetModel
+from eagle_ext.models.families import (
+    LayerAttention,
+    check_packing_supported,
+    default_draft_shape,
+    stateful_layer_types,
+    target_layer_attention,
+)
+from eagle_ext.models.masks import block_causal_visibility
+from eagle_ext.models.target import build_block_causal_additive_mask
+from tests.target_zoo import SLIDING_FAMILIES, WINDOW, zoo_config, zoo_model
+
+AUX = [0, 1, 3]
+
+
+def _model_or_skip(family: str):
+    model = zoo_model(family)
+    if model is None:
+        pytest.skip(f"the installed transformers has no {family}")
+    return model
+
+
+def _packed_row(doc_lengths, vocab=96, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    docs = [torch.randint(3, vocab, (n,), generator=gen) for n in doc_lengths]
+    ids = torch.cat(docs)[None]
+    positions = torch.cat([torch.arange(n) for n in doc_lengths])[None]
+    return docs, ids, positions, torch.tensor([list(doc_lengths)])
+
+
+def test_sliding_visibility_counts_the_query_itself():
+    visible = block_causal_visibility(torch.zeros(1, 6, dtype=torch.int64), None, (0, 6), (0, 6), sliding_window=3)
+    assert visible[0, 0, 5].int().tolist() == [0, 0, 0, 1, 1, 1]
+    assert visible[0, 0, 1].int().tolist() == [1, 1, 0, 0, 0, 0]
+    mask = build_block_causal_additive_mask(torch.tensor([[4, 2]]), 6, sliding_window=2)
+    assert (mask[0, 0] == 0).int().tolist() == [
+        [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 1]]
+    with pytest.raises(ValueError, match="sliding_window must be None or a positive int, got 0"):
+        block_causal_visibility(None, None, (0, 2), (0, 2), sliding_window=0, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", SLIDING_FAMILIES + ("llama",))
+def test_packed_rows_reproduce_each_document_alone_on_every_layer_type(family):
+    """Aux states of every captured layer type and the supervision (logits, argmax) of a packed row equal each
+    document run alone; documents are longer than the window, so a lost window shows from position WINDOW on."""
+    model = _model_or_skip(family)
+    kinds = {layer.kind for layer in target_layer_attention(model.config)}
+    if family != "llama":
+        assert "sliding_attention" in kinds
+    target = Eagle3TargetModel(model, aux_layer_ids=AUX)
+    lengths = (3 * WINDOW, 2 * WINDOW + 3, WINDOW + 5)
+    docs, ids, positions, seq_lens = _packed_row(lengths)
+    batch = target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids), position_ids=positions,
+                                  seq_lens=seq_lens)
+    start = 0
+    for doc in docs:
+        n = len(doc)
+        alone = target.generate_batch(doc[None], torch.ones(1, n, dtype=torch.int64), torch.ones(1, n))
+        end = start + n
+        torch.testing.assert_close(batch.aux_hidden_states[:, start:end], alone.aux_hidden_states, rtol=1e-4,
+                                   atol=1e-4)
+        torch.testing.assert_close(batch.target_logits[:, start:end - 1], alone.target_logits[:, :-1], rtol=1e-4,
+                                   atol=1e-4)
+        assert torch.equal(batch.target_logits[:, start:end - 1].argmax(-1), alone.target_logits[:, :-1].argmax(-1))
+        start = end
+
+
+@pytest.mark.parametrize("family", SLIDING_FAMILIES)
+def test_one_mask_for_every_layer_loses_the_window(family):
+    """The defect the per-layer masks fix: the block-causal mask alone on a sliding target differs from the
+    documents run alone (so the test above can fail)."""
+    model = _model_or_skip(family)
+    target = Eagle3TargetModel(model, aux_layer_ids=AUX)
+    target._packed_layer_masks = lambda seq_lens, t: {}  # the old behaviour: one 4-D mask for all layers
+    lengths = (3 * WINDOW, 2 * WINDOW)
+    docs, ids, positions, seq_lens = _packed_row(lengths)
+    batch = target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids), position_ids=positions,
+                                  seq_lens=seq_lens)
+    alone = target.generate_batch(docs[0][None], torch.ones(1, lengths[0], dtype=torch.int64),
+                                  torch.ones(1, lengths[0]))
+    diff = (batch.aux_hidden_states[:, : lengths[0]] - alone.aux_hidden_states).abs().amax(-1)[0]
+    assert float(diff[:WINDOW].max()) < 1e-4 and float(diff[WINDOW:].max()) > 1e-3
+
+
+def test_layer_attention_layouts():
+    cfg = zoo_config("gpt_oss")
+    if cfg is not None:
+        assert target_layer_attention(cfg) == [LayerAttention("sliding_attention", WINDOW),
+                                               LayerAttention("full_attention")] * 2
+
+    class Old:  # a transformers 4.x Qwen2-style config without layer_types
+        model_type, num_hidden_layers, sliding_window, use_sliding_window, max_window_layers = "qwen2", 4, 16, True, 3
+
+    assert [layer.kind for layer in target_layer_attention(Old())] == ["full_attention"] * 3 + ["sliding_attention"]
+    Old.use_sliding_window = False
+    assert {layer.kind for layer in target_layer_attention(Old())} == {"full_attention"}
+
+    class Gemma3Old:  # Gemma 3 in transformers 4.5x: every 6th layer global
+        model_type, num_hidden_layers, sliding_window, sliding_window_pattern = "gemma3_text", 6, 512, 6
+
+    assert [layer.window for layer in target_layer_attention(Gemma3Old())] == [512] * 5 + [None]
+
+
+def test_hybrid_targets_are_refused_for_packing_before_anything_loads():
+    cfg = zoo_config("qwen3_next")
+    if cfg is not None:
+        assert stateful_layer_types(cfg) == ["linear_attention"]
+        with pytest.raises(ValueError, match=r"data.packed_sequence_size > 0 .*'qwen3_next'.*linear_attention.*"
+                                             r"packed_sequence_size: 0"):
+            check_packing_supported(cfg)
+
+    class Jamba:  # a hybrid model type whose config lists no layer types
+        model_type, num_hidden_layers = "jamba", 4
+
+    assert stateful_layer_types(Jamba()) == ["jamba (hybrid model type)"]
+    with pytest.raises(ValueError, match="recurrent / linear-attention state"):
+        check_packing_supported(Jamba())
+
+    class Chunked:
+        model_type, num_hidden_layers, layer_types = "llama4_text", 2, ["chunked_attention", "full_attention"]
+
+    with pytest.raises(ValueError, match=r"has \['chunked_attention'\]"):
+        check_packing_supported(Chunked())
+    for family in ("llama", "gpt_oss", "gemma3", "mistral_sliding"):
+        if zoo_config(family) is not None:
+            check_packing_supported(zoo_config(family))
+
+
+def test_hybrid_target_capture_refuses_packed_rows():
+    model = _model_or_skip("qwen3_next")
+    target = Eagle3TargetModel(model, aux_layer_ids=AUX)
+    docs, ids, positions, seq_lens = _packed_row((5, 4))
+    with pytest.raises(ValueError, match="packed rows \\(seq_lens\\) > 0 .*linear_attention"):
+        target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids), position_ids=positions,
+                              seq_lens=seq_lens)
+    batch = target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids))  # padded rows work
+    assert batch.aux_hidden_states.shape == (1, 9, 3 * 64)
+
+
+def test_default_draft_shape_for_mla_and_moe_targets():
+    from transformers import AutoConfig
+
+    ds = AutoConfig.for_model("deepseek_v3")  # the real DeepSeek-V3 sizes (hidden 7168, 128 heads, MLA)
+    ds.hidden_size, ds.num_attention_heads, ds.num_key_value_heads = 7168, 128, 128
+    ds.intermediate_size, ds.n_routed_experts, ds.kv_lora_rank = 18432, 256, 512
+    shape = default_draft_shape(ds)
+    assert (shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]) == (56, 8, 128)
+    assert shape["intermediate_size"] == 18432 and shape["notes"]
+    oss = zoo_config("gpt_oss")
+    if oss is not None:
+        oss.hidden_size, oss.intermediate_size = 2880, 2880
+        assert default_draft_shape(oss)["intermediate_size"] == 7680  # 8/3 x 2880 rounded up to 256
+    llama = zoo_config("llama")
+    assert default_draft_shape(llama) == {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                                          "intermediate_size": 128, "notes": []}
