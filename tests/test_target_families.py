@@ -161,3 +161,55 @@ def test_default_draft_shape_for_mla_and_moe_targets():
     llama = zoo_config("llama")
     assert default_draft_shape(llama) == {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
                                           "intermediate_size": 128, "notes": []}
+
+
+def test_gemma3_draft_gets_one_rope_from_the_global_layers_and_it_survives_save_and_load(tmp_path):
+    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.serve.checkpoints import load_draft, save_draft
+
+    cfg = zoo_config("gemma3")
+    if cfg is None:
+        pytest.skip("the installed transformers has no gemma3")
+    cfg.rope_parameters = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    draft = Eagle3DraftModel.from_target_config(cfg, 32)
+    expected = 1.0 / (1e6 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16)) / 8.0
+    torch.testing.assert_close(draft.rotary_emb._inv_freq, expected)
+    local = Eagle3DraftModel.from_target_config(cfg, 32, rope_layer_type="sliding_attention")
+    torch.testing.assert_close(local.rotary_emb._inv_freq,
+                               1.0 / (1e4 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16)))
+    save_draft(draft, tmp_path / "d")
+    torch.testing.assert_close(load_draft(tmp_path / "d").rotary_emb._inv_freq, expected)
+    with pytest.raises(ValueError, match="draft.rope_layer_type must name one of"):
+        Eagle3DraftModel.from_target_config(cfg, 32, rope_layer_type="global")
+
+
+def test_effective_norm_weight_reads_gemma_and_llama_conventions():
+    from eagle_ext.models.draft import effective_norm_weight
+
+    for family, expected in (("gemma3", 1.25), ("llama", 0.25)):  # Gemma: (1 + w) x; Llama: w x
+        model = zoo_model(family)
+        if model is None:
+            continue
+        with torch.no_grad():
+            model.model.norm.weight.fill_(0.25)
+        torch.testing.assert_close(effective_norm_weight(model.model.norm, 64), torch.full((64,), expected))
+
+
+def test_draft_shape_is_a_choice_and_biases_are_not_copied_by_default():
+    from eagle_ext.models import Eagle3DraftModel
+
+    cfg = zoo_config("gpt_oss")
+    if cfg is None:
+        pytest.skip("the installed transformers has no gpt_oss")
+    assert cfg.attention_bias
+    draft = Eagle3DraftModel.from_target_config(cfg, 32)
+    assert draft.model.layers[0].self_attn.q_proj.bias is None and draft.model.layers[0].mlp.up_proj.bias is None
+    biased = Eagle3DraftModel.from_target_config(cfg, 32, bias=True, num_attention_heads=8, head_dim=8,
+                                                 intermediate_size=96)
+    attn = biased.model.layers[0].self_attn
+    assert attn.q_proj.bias is not None and biased.model.layers[0].mlp.up_proj.bias is not None
+    assert (attn.num_heads, attn.num_kv_heads, attn.head_dim) == (8, 2, 8)
+    assert biased.model.layers[0].mlp.up_proj.out_features == 96
+    with pytest.raises(ValueError, match=r"num_attention_heads \(6\) must be a multiple of num_key_value_heads \(4\)"):
+        Eagle3DraftModel.from_target_config(cfg, 32, num_attention_heads=6, num_key_value_heads=4)

@@ -582,6 +582,9 @@ def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Ten
         mask_token_id=mask_token_id, fc_norm=bool(config.get("fc_norm", False)), norm_output=norm_output,
         num_aux_hidden_states=len(ids),
     )
+    # the export's own biases (each engine's layout may carry attention and MLP biases separately)
+    draft_config.attention_bias = bool(layer.get("attention_bias", False))
+    draft_config.mlp_bias = bool(layer.get("mlp_bias", False))
     draft = Eagle3DraftModel(draft_config)
 
     state = {}
