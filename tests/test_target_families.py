@@ -213,3 +213,68 @@ def test_draft_shape_is_a_choice_and_biases_are_not_copied_by_default():
     assert biased.model.layers[0].mlp.up_proj.out_features == 96
     with pytest.raises(ValueError, match=r"num_attention_heads \(6\) must be a multiple of num_key_value_heads \(4\)"):
         Eagle3DraftModel.from_target_config(cfg, 32, num_attention_heads=6, num_key_value_heads=4)
+
+
+# ------------------------------------------------------------------------------------------------ evaluator
+
+ROLLBACK_FAMILIES = SLIDING_FAMILIES + ("qwen3_next",)
+
+
+def _oracle_decode(runner, model, prompt, base, k, seed):
+    from eagle_ext.serve.speculative import speculative_decode
+    from tests.test_speculative import OracleDrafter
+
+    oracle = OracleDrafter(model, prompt, reference=base.tokens + [0] * k, noise=0.3, seed=seed)
+    return speculative_decode(runner, oracle, prompt, num_draft_tokens=k, max_new_tokens=len(base.tokens))
+
+
+@pytest.mark.parametrize("family", ROLLBACK_FAMILIES)
+def test_speculative_greedy_equals_target_only_on_sliding_and_hybrid_targets(family):
+    """Prompts longer than the window, every acceptance length (a noisy oracle): the target cache must roll
+    back sliding layers (crop past a full window) and linear-attention state; output == target-only greedy."""
+    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.serve.speculative import TargetRunner, build_drafter, speculative_decode, target_decode
+
+    model = _model_or_skip(family)
+    runner = TargetRunner(model, AUX)
+    assert runner.rollback == ("record" if family == "qwen3_next" else "crop")
+    seen: set[int] = set()
+    for seed in range(2):
+        prompt = torch.randint(3, 96, (2 * WINDOW + 3,), generator=torch.Generator().manual_seed(seed)).tolist()
+        base = target_decode(runner, prompt, max_new_tokens=20)
+        for k in (1, 3):
+            res = _oracle_decode(runner, model, prompt, base, k, seed)
+            assert res.tokens == base.tokens
+            seen.update(res.accepted)
+    assert seen >= {0, 1, 2, 3}
+    torch.manual_seed(0)
+    draft = Eagle3DraftModel.from_target_config(model.config, None).eval()  # a real drafter, K = 3, fp32
+    draft.copy_embeddings_from(model)
+    res = speculative_decode(runner, build_drafter(draft), prompt, num_draft_tokens=3, max_new_tokens=20)
+    assert res.tokens == base.tokens
+
+
+def test_hybrid_target_rolls_back_by_rerunning_from_a_saved_state():
+    from eagle_ext.serve.speculative import TargetRunner, target_decode
+
+    model = _model_or_skip("qwen3_next")
+    runner = TargetRunner(model, AUX, rollback="rerun")
+    prompt = list(range(3, 3 + 2 * WINDOW))
+    base = target_decode(runner, prompt, max_new_tokens=12)
+    for k in (1, 3):
+        assert _oracle_decode(runner, model, prompt, base, k, seed=k).tokens == base.tokens
+    with pytest.raises(ValueError, match="rollback='crop' cannot roll back this target's \\['linear_attention'\\]"):
+        TargetRunner(model, AUX, rollback="crop")
+
+
+def test_a_cache_built_from_the_config_cannot_roll_back_a_sliding_target():
+    """The defect: transformers' DynamicCache(config=...) keeps only the window on sliding layers and refuses
+    the crop a rejected draft needs once the window is full (what TargetRunner.reset used to build)."""
+    from transformers import DynamicCache
+
+    model = _model_or_skip("gpt_oss")
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.arange(3, 3 + 2 * WINDOW)[None], cache=cache, use_cache=True)
+    with pytest.raises(RuntimeError, match="does not track past states"):
+        cache.crop(-2)
