@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from eagle_ext.models.families import (
 )
 from eagle_ext.models.masks import block_causal_visibility
 from eagle_ext.models.target import build_block_causal_additive_mask
-from tests.target_zoo import SLIDING_FAMILIES, WINDOW, zoo_config, zoo_model
+from tests.target_zoo import FAMILIES, SLIDING_FAMILIES, WINDOW, zoo_config, zoo_model
 
 AUX = [0, 1, 3]
 
@@ -47,13 +49,13 @@ def test_sliding_visibility_counts_the_query_itself():
         block_causal_visibility(None, None, (0, 2), (0, 2), sliding_window=0, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("family", SLIDING_FAMILIES + ("llama",))
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "qwen3_next"])
 def test_packed_rows_reproduce_each_document_alone_on_every_layer_type(family):
     """Aux states of every captured layer type and the supervision (logits, argmax) of a packed row equal each
     document run alone; documents are longer than the window, so a lost window shows from position WINDOW on."""
     model = _model_or_skip(family)
     kinds = {layer.kind for layer in target_layer_attention(model.config)}
-    if family != "llama":
+    if family in SLIDING_FAMILIES:
         assert "sliding_attention" in kinds
     target = Eagle3TargetModel(model, aux_layer_ids=AUX)
     lengths = (3 * WINDOW, 2 * WINDOW + 3, WINDOW + 5)
@@ -278,3 +280,41 @@ def test_a_cache_built_from_the_config_cannot_roll_back_a_sliding_target():
         model(torch.arange(3, 3 + 2 * WINDOW)[None], cache=cache, use_cache=True)
     with pytest.raises(RuntimeError, match="does not track past states"):
         cache.crop(-2)
+
+
+# ------------------------------------------------------------------------------------------------ engine limits
+
+
+def test_engine_limits_are_recorded_for_known_families_only_and_read_back_from_exports(tmp_path):
+    import json
+
+    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.serve.engine_limits import KNOWN_ENGINE_LIMITS, known_engine_limits
+    from eagle_ext.serve.export import export_draft, export_engine_notes
+
+    assert {(limit.engine, limit.version) for limit in KNOWN_ENGINE_LIMITS} == {("vllm", "0.32.0")}
+    assert [limit.model_types[0] for limit in known_engine_limits("glm4")] == ["glm4"]
+    assert known_engine_limits(architectures=["Gemma3ForConditionalGeneration"])[0].engine == "vllm"
+    assert known_engine_limits("llama", ["LlamaForCausalLM"]) == []
+    assert known_engine_limits("glm4", engine="sglang") == []
+
+    for family, expected in (("glm4", "vLLM 0.32.0 cannot serve a glm4 target with a draft: its GLM-4 model has "
+                                      "no EAGLE-3 interface"), ("llama", None)):
+        cfg = zoo_config(family)
+        if cfg is None:
+            continue
+        draft = Eagle3DraftModel.from_target_config(cfg, None)
+        out = export_draft(draft, tmp_path / family, format="speculators", aux_layer_ids=AUX, dtype="fp32")
+        block = json.loads(open(os.path.join(out, "config.json")).read())["eagle_ext"]
+        if expected is None:
+            assert "engine_limits" not in block and "target_model_type" not in block
+            assert export_engine_notes(out) == []
+        else:
+            assert block["target_model_type"] == family and block["engine_limits"][0].startswith(expected)
+            assert export_engine_notes(out)[0].startswith(expected)
+            # a foreign speculators export without the eagle_ext block: read from the verifier's architectures
+            config = json.loads(open(os.path.join(out, "config.json")).read())
+            del config["eagle_ext"]
+            with open(os.path.join(out, "config.json"), "w") as f:
+                json.dump(config, f)
+            assert export_engine_notes(out)[0].startswith(expected)
