@@ -318,3 +318,16 @@ def test_engine_limits_are_recorded_for_known_families_only_and_read_back_from_e
             with open(os.path.join(out, "config.json"), "w") as f:
                 json.dump(config, f)
             assert export_engine_notes(out)[0].startswith(expected)
+
+
+def test_init_head_from_target_copies_gemmas_effective_norm_gain():
+    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.train.loop import init_head_from_target
+
+    model = _model_or_skip("gemma3")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(0.25)  # Gemma: gain 1 + 0.25
+    draft = Eagle3DraftModel.from_target_config(model.config, 32)
+    init_head_from_target(draft, model, torch.arange(32))
+    torch.testing.assert_close(draft.model.norm.weight.detach(), torch.full((64,), 1.25))
+    torch.testing.assert_close(draft.lm_head.weight.detach(), model.lm_head.weight[:32].detach())

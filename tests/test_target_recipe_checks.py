@@ -132,3 +132,27 @@ def test_draft_section_is_validated(tmp_path):
 
     assert draft_num_layers(load_config(None, peagle + ["draft.num_hidden_layers=2"])) == 2
     assert draft_num_layers(load_config(None, peagle)) == 4
+
+
+def test_a_run_from_before_the_draft_section_still_resumes(tmp_path):
+    """Its saved config.yaml has no draft section: that is the defaults, not a difference."""
+    import torch
+    import yaml
+
+    from eagle_ext.train.config import config_to_dict
+    from eagle_ext.train.distributed import DistContext
+    from eagle_ext.train.loop import _check_resume_compatible
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "target.name_or_path=x", "data.train_path=y"])
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    old = config_to_dict(cfg)
+    del old["draft"]
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(old))
+    (checkpoint / "meta.json").write_text(json.dumps({"format_version": 1, "world_size": 1}))
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    _check_resume_compatible(str(checkpoint), cfg, ctx)
+    changed = load_config(None, [f"output_dir={tmp_path}", "target.name_or_path=x", "data.train_path=y",
+                                 "draft.bias=true"])
+    with pytest.raises(ConfigError, match="draft.bias: False -> True"):
+        _check_resume_compatible(str(checkpoint), changed, ctx)
