@@ -58,7 +58,7 @@ def test_hybrid_target_with_packing_is_refused_by_the_dry_run(tmp_path, capsys):
     target = _target_dir(tmp_path, _family_or_skip("qwen3_next"))
     rc, out, err = _dry_run(tmp_path, capsys, target)
     assert rc == 2 and "Traceback" not in err
-    assert "data.packed_sequence_size > 0 (packed rows) is refused" in err and "linear_attention" in err
+    assert "packed rows (data.packed_sequence_size > 0) are refused" in err and "linear_attention" in err
     rc, out, err = _dry_run(tmp_path, capsys, target, "data.packed_sequence_size=0")
     assert rc == 0, err
 

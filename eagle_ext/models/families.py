@@ -150,14 +150,14 @@ def check_packing_supported(config: Any, *, key: str = "data.packed_sequence_siz
     stateful = stateful_layer_types(config)
     if stateful:
         raise ValueError(
-            f"{key} > 0 (packed rows) is refused for this {model_type!r} target: its layer types {stateful} carry "
+            f"packed rows ({key} > 0) are refused for this {model_type!r} target: its layer types {stateful} carry "
             "recurrent / linear-attention state that flows from one packed document into the next (no attention "
             f"mask stops it); set {key}: 0 to train on padded rows"
         )
     kinds = sorted({layer.kind for layer in target_layer_attention(config)} - set(ATTENTION_LAYER_TYPES))
     if kinds:
         raise ValueError(
-            f"{key} > 0 (packed rows) is refused for this {model_type!r} target: eagle_ext builds packed masks for "
+            f"packed rows ({key} > 0) are refused for this {model_type!r} target: eagle_ext builds packed masks for "
             f"{list(ATTENTION_LAYER_TYPES)} layers only, the target has {kinds}; set {key}: 0 to train on padded rows"
         )
 

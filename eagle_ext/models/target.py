@@ -288,7 +288,7 @@ class Eagle3TargetModel:
         layer_masks: dict[int, torch.Tensor] = {}
         if seq_lens is not None:
             if self.config is not None:
-                check_packing_supported(self.config, key="packed rows (seq_lens)")
+                check_packing_supported(self.config)
             if position_ids is None or not self._accepts("position_ids"):
                 raise ValueError(
                     "packed rows (seq_lens given) need per-document position_ids and a target forward that accepts them"
