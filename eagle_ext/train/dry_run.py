@@ -81,6 +81,7 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     width = cfg.data.packed_sequence_size or cfg.data.seq_length
     tokens = cfg.train.micro_batch_size * width
     inter = int(getattr(text, "intermediate_size", 4 * hidden))
+    draft_inter = int(dc.intermediate_size)
     act = 2 if cuda and cfg.train.autocast != "none" else 4
     target_weights = n_target * tb / (world if t.sharding == "fsdp" else 1)
     if t.sharding == "fsdp":
@@ -92,11 +93,11 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     if cfg.algorithm == "eagle3":
         steps = cfg.eagle3.ttt_steps
         # per TTT step kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype)
-        draft_act = steps * tokens * (12 * hidden + 3 * inter) * act
+        draft_act = steps * tokens * (12 * hidden + 3 * draft_inter) * act
     else:
         p = cfg.peagle
         n_elements = tokens * (1 + sum(p.down_sample_ratio ** d for d in range(1, p.num_depths)))
-        draft_act = n_elements / p.sequence_partitions * p.num_draft_layers * (12 * hidden + 3 * inter) * act
+        draft_act = n_elements / p.sequence_partitions * len(draft.model.layers) * (12 * hidden + 3 * draft_inter) * act
     total = target_weights + target_act + supervision + draft_state + draft_act
     return {
         "algorithm": cfg.algorithm,
