@@ -156,3 +156,14 @@ def test_a_run_from_before_the_draft_section_still_resumes(tmp_path):
                                  "draft.bias=true"])
     with pytest.raises(ConfigError, match="draft.bias: False -> True"):
         _check_resume_compatible(str(checkpoint), changed, ctx)
+
+
+def test_unsupported_rope_of_the_target_is_a_config_error_not_a_traceback(tmp_path, capsys):
+    cfg = zoo_config("phi3")
+    data = cfg.to_dict()
+    data["rope_parameters"] = data["rope_scaling"] = {"rope_type": "longrope", "rope_theta": 10000.0,
+                                                      "short_factor": [1.0] * 4, "long_factor": [1.0] * 4}
+    target = _target_dir(tmp_path, data)
+    rc, out, err = _dry_run(tmp_path, capsys, target, "target.aux_layer_ids=[0,1,3]")
+    assert rc == 2 and "Traceback" not in err, err
+    assert "draft: the draft for this target cannot be built: rope_type must be one of" in err

@@ -67,17 +67,18 @@ def check_target_for_run(cfg: RecipeConfig, target_config: Any) -> None:
     """
     from eagle_ext.models.draft import build_draft_config
     from eagle_ext.models.families import check_packing_supported
+    from eagle_ext.models.rope import compute_inv_freq
 
     if cfg.data.packed_sequence_size > 0 and cfg.data.cached_target_path is None:
         try:
             check_packing_supported(target_config)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    try:  # the draft config alone (no tensors): shape, heads / KV heads, RoPE choice
-        build_draft_config(target_config, None, num_hidden_layers=draft_num_layers(cfg),
-                           parallel_drafting=cfg.algorithm == "peagle",
-                           mask_token_id=cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None,
-                           **draft_shape_kwargs(cfg))
+    try:  # the draft config alone (no tensors): shape, heads / KV heads, RoPE choice and type
+        draft_config = build_draft_config(
+            target_config, None, num_hidden_layers=draft_num_layers(cfg), parallel_drafting=cfg.algorithm == "peagle",
+            mask_token_id=cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None, **draft_shape_kwargs(cfg))
+        compute_inv_freq(draft_config)
     except ValueError as err:
         message = str(err)
         if not message.startswith("draft."):
