@@ -331,3 +331,40 @@ def test_init_head_from_target_copies_gemmas_effective_norm_gain():
     init_head_from_target(draft, model, torch.arange(32))
     torch.testing.assert_close(draft.model.norm.weight.detach(), torch.full((64,), 1.25))
     torch.testing.assert_close(draft.lm_head.weight.detach(), model.lm_head.weight[:32].detach())
+
+
+def test_sliding_layers_called_without_a_mask_keyword_are_refused_not_silently_unwindowed():
+    """A model whose decoder layers take the mask positionally cannot get the per-layer mask: a clear error."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class Layer(nn.Module):
+        def forward(self, hidden, mask):
+            return hidden + 1.0
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(4))
+
+    class FakeLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Inner()
+            self.config = SimpleNamespace(model_type="fake", num_hidden_layers=4, sliding_window=2,
+                                          layer_types=["sliding_attention", "full_attention"] * 2)
+            self.embed = nn.Embedding(16, 4)
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            h = self.embed(input_ids)
+            for layer in self.model.layers:
+                h = layer(h, attention_mask)
+            return h @ self.embed.weight.T
+
+    target = Eagle3TargetModel(FakeLM(), aux_layer_ids=[0, 1, 3])
+    docs, ids, positions, seq_lens = _packed_row((4, 3), vocab=16)
+    with pytest.raises(ValueError, match=r"target decoder layers \[0, 2\] run sliding-window attention but were "
+                                         "called without an attention_mask keyword"):
+        target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids), position_ids=positions,
+                              seq_lens=seq_lens)
