@@ -368,3 +368,15 @@ def test_sliding_layers_called_without_a_mask_keyword_are_refused_not_silently_u
                                          "called without an attention_mask keyword"):
         target.generate_batch(ids, torch.ones_like(ids), torch.ones_like(ids), position_ids=positions,
                               seq_lens=seq_lens)
+
+
+def test_recorded_rollback_deeper_than_max_rollback_is_refused():
+    from eagle_ext.serve.speculative import TargetRunner
+
+    model = _model_or_skip("qwen3_next")
+    runner = TargetRunner(model, AUX, max_rollback=1)
+    runner.reset()
+    runner.forward(torch.arange(3, 13), capture_aux=False)
+    runner.forward(torch.arange(3, 7), capture_aux=True)
+    with pytest.raises(ValueError, match="cannot roll back 3 positions; this runner records 1"):
+        runner.crop(runner.length - 3)

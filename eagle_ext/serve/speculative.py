@@ -116,7 +116,7 @@ class TargetRunner:
         rollback: ``"auto"`` (``"crop"`` for attention-only targets; ``"record"`` for stateful ones when the
             installed transformers can record past states, else ``"rerun"``), or one of those three to force it.
         max_rollback: with ``rollback="record"``, the most positions one crop may remove (a round of K draft
-            tokens removes at most K).
+            tokens removes at most K; default 64).
 
     Raises:
         ValueError: ids that are not distinct ints in ``[0, L)``, no decoder-layer container, an unknown
@@ -126,7 +126,7 @@ class TargetRunner:
     ROLLBACKS = ("auto", "crop", "record", "rerun")
 
     def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None, *, rollback: str = "auto",
-                 max_rollback: int = 16):
+                 max_rollback: int = 64):
         from eagle_ext.models.families import stateful_layer_types
 
         self.model = model.eval().requires_grad_(False)
