@@ -77,6 +77,7 @@ def block_causal_visibility(
     k_range: tuple[int, int],
     *,
     device: torch.device | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Boolean visibility of a query block against a key block of the causal (step-0) attention.
 
@@ -86,10 +87,19 @@ def block_causal_visibility(
         q_range: ``(q0, q1)`` query slots ``q0..q1-1``.
         k_range: ``(k0, k1)`` key slots ``k0..k1-1``.
         device: where to build the mask when both tensors are None.
+        sliding_window: a sliding-window layer's window ``W``: the key must also satisfy ``q - k < W`` (slots
+            of one document are consecutive positions, so this is the window of the positions); None: no window.
 
     Returns:
         bool ``[B or 1, 1, q1-q0, k1-k0]``; True where the query may attend to the key.
+
+    Raises:
+        ValueError: ``sliding_window`` is not None or a positive int.
     """
+    if sliding_window is not None and (
+        isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1
+    ):
+        raise ValueError(f"sliding_window must be None or a positive int, got {sliding_window!r}")
     q0, q1 = q_range
     k0, k1 = k_range
     ref = doc_ids if doc_ids is not None else key_valid
@@ -97,6 +107,8 @@ def block_causal_visibility(
     q_idx = torch.arange(q0, q1, device=dev)
     k_idx = torch.arange(k0, k1, device=dev)
     causal = k_idx[None, :] <= q_idx[:, None]
+    if sliding_window is not None:
+        causal = causal & (q_idx[:, None] - k_idx[None, :] < sliding_window)
     self_slot = k_idx[None, :] == q_idx[:, None]
     visible = causal[None, None]
     if doc_ids is not None:

@@ -49,6 +49,7 @@ __all__ = [
     "ExportedDraft",
     "check_export",
     "detect_export_format",
+    "export_engine_notes",
     "export_draft",
     "export_trained_draft",
     "check_algorithm_format",
@@ -369,6 +370,12 @@ def export_draft(
         "draft_vocab_order": "ascending target id",
         "metadata": metadata,
     }
+    from eagle_ext.serve.engine_limits import engine_limit_notes
+
+    limits = engine_limit_notes(getattr(cfg, "model_type", None), target_architectures)
+    if limits:  # only for families an engine is known not to serve (other exports are unchanged)
+        block["target_model_type"] = cfg.model_type
+        block["engine_limits"] = limits
     layer = _layer_config(cfg, len(draft.model.layers))
     if format == "speculators":
         config = _speculators_config(cfg, layer, algorithm, ids, speculative_tokens, target_name_or_path,
@@ -583,6 +590,9 @@ def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Ten
         mask_token_id=mask_token_id, fc_norm=bool(config.get("fc_norm", False)), norm_output=norm_output,
         num_aux_hidden_states=len(ids),
     )
+    # the export's own biases (each engine's layout may carry attention and MLP biases separately)
+    draft_config.attention_bias = bool(layer.get("attention_bias", False))
+    draft_config.mlp_bias = bool(layer.get("mlp_bias", False))
     draft = Eagle3DraftModel(draft_config)
 
     state = {}
@@ -853,6 +863,29 @@ def _check_vocab_map(directory: str, infos, vd: int, v: int, fmt: str) -> list[s
     elif int(t2d.sum()) != vd or not torch.equal(torch.nonzero(t2d).flatten(), target_ids):
         problems.append(f"t2d disagrees with d2t: nonzero(t2d) must equal arange({vd}) + d2t")
     return problems
+
+
+def export_engine_notes(directory: str | os.PathLike) -> list[str]:
+    """The serving engines known not to serve this export's target family (see
+    :mod:`eagle_ext.serve.engine_limits`), one line each, naming engine and version; ``[]`` when none is known
+    or the directory is unreadable. Read from the target's ``model_type`` recorded in the ``eagle_ext`` block and
+    the speculators verifier's ``architectures`` (so foreign speculators exports are covered too)."""
+    from eagle_ext.serve.engine_limits import engine_limit_notes
+
+    try:
+        config = _read_config(os.fspath(directory))
+    except (FileNotFoundError, ValueError):
+        return []
+    block = config.get(METADATA_KEY) if isinstance(config.get(METADATA_KEY), dict) else {}
+    verifier = (config.get("speculators_config") or {}).get("verifier") if isinstance(
+        config.get("speculators_config"), dict) else None
+    archs = verifier.get("architectures") if isinstance(verifier, dict) else None
+    archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+    model_type = block.get("target_model_type") if isinstance(block.get("target_model_type"), str) else None
+    notes = engine_limit_notes(model_type, archs)
+    if not notes and isinstance(block.get("engine_limits"), list):
+        notes = [n for n in block["engine_limits"] if isinstance(n, str)]
+    return notes
 
 
 def check_export(directory: str | os.PathLike) -> list[str]:

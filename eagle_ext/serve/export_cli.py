@@ -116,13 +116,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
         from eagle_ext.serve.export import check_export
 
+        from eagle_ext.serve.export import export_engine_notes
+
         problems = check_export(args.check)
         for problem in problems:
             print(f"{args.check}: {problem}")
+        notes = export_engine_notes(args.check)
+        for note in notes:  # the export is valid; an engine is known not to serve its target family
+            print(f"{args.check}: warning: {note}")
         if problems:
             print(f"{len(problems)} problem(s)")
             return 1
-        print("OK")
+        print("OK" if not notes else f"OK (the export is valid; {len(notes)} known engine limit(s) above)")
         return 0
     if args.src is None or args.format is None:
         print("eagle-ext export: error: exporting needs SRC (a checkpoint or run directory) and --format "
@@ -154,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         written = (f"eagle_config.eagle_aux_hidden_state_layer_ids "
                    f"{config['eagle_config']['eagle_aux_hidden_state_layer_ids']} (layer outputs)")
+    from eagle_ext.serve.export import export_engine_notes
+
     problems = check_export(out)
     print(f"exported {args.src} ({block['algorithm']}) as {args.format} ({config['dtype']}) to {out}")
     print(f"  aux layers: eagle_ext {block['aux_layer_ids']} -> {written}")
@@ -161,4 +168,6 @@ def run(args: argparse.Namespace) -> int:
           + ("OK" if not problems else f"{len(problems)} problem(s)"))
     for problem in problems:
         print(f"{out}: {problem}")
+    for note in export_engine_notes(out):
+        print(f"{out}: warning: {note}")
     return 1 if problems else 0

@@ -103,6 +103,19 @@ class PEagleConfig:
 
 
 @dataclass
+class DraftConfig:
+    """The draft decoder's architecture (None: chosen from the target; see docs/training.md, "Draft shape")."""
+
+    bias: bool = False  # attention + MLP biases; false serves on both engines (SGLang / specforge build none)
+    num_hidden_layers: int | None = None  # None: 1 for eagle3 (the only choice), peagle.num_draft_layers for peagle
+    intermediate_size: int | None = None  # None: the target's (an MoE expert width becomes 8/3 x hidden)
+    num_attention_heads: int | None = None  # None: the target's (MLA targets: hidden / 128 when possible)
+    num_key_value_heads: int | None = None  # None: the target's (MLA targets: GQA, <= 8)
+    head_dim: int | None = None  # None: the target's (MLA targets: 128, not qk_rope_head_dim)
+    rope_layer_type: str | None = None  # per-layer-type RoPE targets (Gemma 3): whose RoPE; None: full_attention
+
+
+@dataclass
 class OptimConfig:
     """AdamW with a linear warmup then a cosine decay."""
 
@@ -155,6 +168,7 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eagle3: Eagle3Config = field(default_factory=Eagle3Config)
     peagle: PEagleConfig = field(default_factory=PEagleConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -405,6 +419,25 @@ def validate(cfg: RecipeConfig) -> None:
         if p.max_anchors is not None:
             _positive_int(p.max_anchors, "peagle.max_anchors")
         _require(p.attention in ("auto", "flex", "dense"), "peagle.attention", p.attention, "'auto', 'flex' or 'dense'")
+
+    dr = cfg.draft
+    for key in ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+        if getattr(dr, key) is not None:
+            _positive_int(getattr(dr, key), f"draft.{key}")
+    if dr.num_attention_heads is not None and dr.num_key_value_heads is not None:
+        _require(dr.num_attention_heads % dr.num_key_value_heads == 0, "draft.num_key_value_heads",
+                 dr.num_key_value_heads, f"a divisor of draft.num_attention_heads ({dr.num_attention_heads})")
+    if dr.num_hidden_layers is not None:
+        if cfg.algorithm == "eagle3":
+            _require(dr.num_hidden_layers == 1, "draft.num_hidden_layers", dr.num_hidden_layers,
+                     "1 or null with algorithm 'eagle3' (an EAGLE-3 draft has one layer; P-EAGLE stacks more)")
+        elif "peagle.num_draft_layers" in cfg.explicit:
+            _require(dr.num_hidden_layers == cfg.peagle.num_draft_layers, "draft.num_hidden_layers",
+                     dr.num_hidden_layers, f"null or equal to peagle.num_draft_layers ({cfg.peagle.num_draft_layers}; "
+                     "they name the same layer count, set one)")
+    if dr.rope_layer_type is not None:
+        _require(bool(dr.rope_layer_type.strip()), "draft.rope_layer_type", dr.rope_layer_type,
+                 "null or a layer type of the target, e.g. 'full_attention'")
 
     o = cfg.optim
     _require(o.lr > 0, "optim.lr", o.lr, "a number > 0")

@@ -266,16 +266,18 @@ def build_draft(cfg: RecipeConfig, target_config, draft_vocab_size: int | None):
     """The draft sized from the target config (on the current default device, fp32)."""
     from eagle_ext.models import Eagle3DraftModel
 
+    from eagle_ext.train.target_checks import draft_num_layers, draft_shape_kwargs
+
     if cfg.algorithm == "eagle3":
         e = cfg.eagle3
         return Eagle3DraftModel.from_target_config(
             target_config, draft_vocab_size, fc_norm=e.fc_norm, norm_output=e.norm_output,
-            freeze_embeddings=e.freeze_embeddings, attn_implementation=e.attn_implementation,
+            freeze_embeddings=e.freeze_embeddings, attn_implementation=e.attn_implementation, **draft_shape_kwargs(cfg),
         )
     p = cfg.peagle
     return Eagle3DraftModel.from_target_config(
-        target_config, draft_vocab_size, num_hidden_layers=p.num_draft_layers, parallel_drafting=True,
-        mask_token_id=p.mask_token_id, freeze_embeddings=p.freeze_embeddings,
+        target_config, draft_vocab_size, num_hidden_layers=draft_num_layers(cfg), parallel_drafting=True,
+        mask_token_id=p.mask_token_id, freeze_embeddings=p.freeze_embeddings, **draft_shape_kwargs(cfg),
     )
 
 
@@ -298,7 +300,9 @@ def init_head_from_target(draft, target: torch.nn.Module, selected_ids: torch.Te
     head.copy_(weight[selected_ids.to(weight.device)].to(device=head.device, dtype=head.dtype))
     norm = getattr(getattr(target, "model", None), "norm", None)
     if norm is not None and tuple(norm.weight.shape) == tuple(draft.model.norm.weight.shape):
-        draft.model.norm.weight.copy_(norm.weight.to(draft.model.norm.weight))
+        from eagle_ext.models.draft import effective_norm_weight  # Gemma's norms hold (gain - 1)
+
+        draft.model.norm.weight.copy_(effective_norm_weight(norm, norm.weight.shape[0]).to(draft.model.norm.weight))
 
 
 def load_init_draft(cfg: RecipeConfig, text_config, aux_layer_ids: list[int]):
@@ -402,6 +406,8 @@ def _check_resume_compatible(checkpoint: str, cfg: RecipeConfig, ctx: DistContex
     meta = read_checkpoint_meta(checkpoint)
     with open(os.path.join(checkpoint, RUN_CONFIG_FILE)) as f:
         saved = yaml.safe_load(f)
+    if isinstance(saved, dict) and "draft" not in saved:  # a run from before the draft section: its defaults
+        saved["draft"] = config_to_dict(RecipeConfig())["draft"]
     differences = diff_configs(saved, config_to_dict(cfg), ignore=RESUME_MAY_CHANGE)
     if meta.get("world_size") != ctx.world_size:
         differences.append(f"world_size: {meta.get('world_size')!r} -> {ctx.world_size!r} (the data position is "
@@ -504,7 +510,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     from transformers import AutoConfig, AutoTokenizer
 
     from eagle_ext.data import load_or_build_eagle3_token_mapping, tokenizer_special_ids
-    from eagle_ext.models import Eagle3TargetModel, default_eagle3_aux_layer_ids
+    from eagle_ext.models import Eagle3TargetModel
+    from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
 
     resume_from = find_resume_checkpoint(cfg)  # before anything loads: a wrong resume fails fast
     if resume_from is not None:
@@ -534,21 +541,14 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     text_config = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab_size = int(text_config.vocab_size)
     num_layers = int(text_config.num_hidden_layers)
-    if t.aux_layer_ids is not None:
-        aux_layer_ids = list(t.aux_layer_ids)
-    elif cache is not None:
-        aux_layer_ids = list(manifest["aux_layer_ids"])
-    else:
-        aux_layer_ids = default_eagle3_aux_layer_ids(num_layers)
-    if max(aux_layer_ids) >= num_layers:
-        raise ConfigError(f"target.aux_layer_ids must be < the target's num_hidden_layers ({num_layers}), got "
-                          f"{aux_layer_ids}")
+    aux_layer_ids = resolve_aux_layer_ids(cfg, num_layers, manifest["aux_layer_ids"] if cache is not None else None)
     if cfg.algorithm == "peagle" and cfg.peagle.mask_token_id >= vocab_size:
         raise ConfigError(f"peagle.mask_token_id must be < the target's vocab_size ({vocab_size}), got "
                           f"{cfg.peagle.mask_token_id}")
     if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > vocab_size:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab_size}), got "
                           f"{cfg.data.draft_vocab_size}")
+    check_target_for_run(cfg, target_config)  # packing on hybrid targets, the draft's shape and RoPE
     # a warm start (a fresh run only) is checked against the run before any data is read or model loads
     warm = load_init_draft(cfg, text_config, aux_layer_ids) if cfg.init_from is not None and resume_from is None else None
     if cache is not None:
