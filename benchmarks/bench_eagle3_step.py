@@ -26,9 +26,10 @@ import importlib.util
 
 import torch
 
-from benchmarks._common import fmt_bytes, measure, print_table, write_results
+from benchmarks._common import PartialResults, fmt_bytes, measure, print_table
 
 BASELINE = ("eager", "reference")
+ATTENTION_IMPLS = ("eager", "lean")
 
 
 def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft_vocab, where, saved_hook=None):
@@ -120,11 +121,20 @@ def main() -> None:
         losses.append("fused")
 
     tokens = shape["batch"] * shape["seq"]
+    name = "eagle3_step_quick" if args.quick else "eagle3_step"
+    # every measurement is written as it lands: a run stopped early (SIGINT) keeps what it measured
+    with PartialResults(name, device, shape=shape, attention_shape=attn_shape, repeat=repeat, step=[],
+                        ttt_memory=[], attention=[], tables=[]) as out:
+        _measure_all(out, device, shape, attn_shape, repeat, losses, tokens)
+
+
+def _measure_all(out, device, shape, attn_shape, repeat, losses, tokens):
     results = {}
     for loss_impl in losses:
         for attn in ("eager", "lean"):
             results[(attn, loss_impl)] = measure(_step_case, device=device, warmup=1, repeat=repeat, attn=attn,
                                                  loss_impl=loss_impl, where=device, **shape)
+            out.add("step", {"attention": attn, "loss": loss_impl, **results[(attn, loss_impl)]})
     base = results[BASELINE]
     rows = []
     for (attn, loss_impl), r in results.items():
@@ -148,6 +158,7 @@ def main() -> None:
             r["vocab_wide_saved_bytes"] = _vocab_wide_saved_bytes(loss_impl=loss_impl, ttt=ttt, shape=mem_shape,
                                                                   where=device)
             mem_results[(loss_impl, ttt)] = r
+            out.add("ttt_memory", {"loss": loss_impl, "ttt": ttt, **r})
         one, seven = mem_results[(loss_impl, 1)], mem_results[(loss_impl, 7)]
         mem_rows.append({
             "loss": loss_impl, "peak ttt=1": fmt_bytes(one["peak_bytes"]), "peak ttt=7": fmt_bytes(seven["peak_bytes"]),
@@ -161,11 +172,11 @@ def main() -> None:
     mem_table = print_table(mem_rows, ["loss", "peak ttt=1", "peak ttt=7", "peak 7/1", "vocab-wide saved ttt=1",
                                        "vocab-wide saved ttt=7", "vocab-wide 7/1"], mem_title)
 
-    attn_results = {
-        impl: measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl, where=device,
-                      **attn_shape)
-        for impl in ("eager", "lean")
-    }
+    attn_results = {}
+    for impl in ATTENTION_IMPLS:
+        attn_results[impl] = measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl,
+                                     where=device, **attn_shape)
+        out.add("attention", {"attention": impl, **attn_results[impl]})
     a_base = attn_results["eager"]
     attn_rows = [{
         "attention": impl, "fwd+bwd ms": 1e3 * r["seconds"], "peak memory": fmt_bytes(r["peak_bytes"]),
@@ -177,14 +188,7 @@ def main() -> None:
     attn_table = print_table(attn_rows, ["attention", "fwd+bwd ms", "peak memory", "speed vs eager", "memory vs eager"],
                              attn_title)
 
-    name = "eagle3_step_quick" if args.quick else "eagle3_step"
-    write_results(name, {
-        "shape": shape, "attention_shape": attn_shape, "repeat": repeat,
-        "step": [{"attention": k[0], "loss": k[1], **v} for k, v in results.items()],
-        "ttt_memory": [{"loss": k[0], "ttt": k[1], **v} for k, v in mem_results.items()],
-        "attention": [{"attention": k, **v} for k, v in attn_results.items()],
-        "tables": [step_table, mem_table, attn_table],
-    }, device=device)
+    out.update(tables=[step_table, mem_table, attn_table])
 
 
 if __name__ == "__main__":

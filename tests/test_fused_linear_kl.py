@@ -430,6 +430,30 @@ def test_validation_errors(kwargs, exc, match, impl):
         fused_linear_kl(kwargs.pop("hidden"), kwargs.pop("weight"), kwargs.pop("mask"), **kwargs)
 
 
+def test_cuda_autotune_configs_fit_the_register_budget():
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl")
+    for config in [*kernels.CUDA_FWD_CONFIGS, *kernels.CUDA_BWD_CONFIGS]:
+        # one fp32 logits tile per thread at most 64 registers: three live tiles stay under 255
+        assert kernels.tile_registers_per_thread(config) <= kernels.MAX_TILE_REGISTERS_PER_THREAD, config
+        kw = config.kwargs
+        smem = config.num_stages * (kw["BLOCK_N"] + kw["BLOCK_V"]) * kw["BLOCK_H"] * 2
+        assert smem <= 160 * 1024, config  # fits an A100 / H100 / H200 SM with room for the epilogue
+
+
+def test_autotune_trim_drops_spilling_configs_and_honours_the_env_limit(monkeypatch):
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl")
+    configs = kernels._configs([(128, 256, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4)])
+    monkeypatch.delenv("EAGLE_EXT_AUTOTUNE_CONFIGS", raising=False)
+    kept = kernels._trim(configs)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_V"], c.num_warps) for c in kept] == [(128, 128, 8), (64, 128, 4)]
+    monkeypatch.setenv("EAGLE_EXT_AUTOTUNE_CONFIGS", "1")
+    assert kernels._trim(configs) == kept[:1]
+    monkeypatch.setenv("EAGLE_EXT_AUTOTUNE_CONFIGS", "zero")
+    with pytest.raises(ValueError, match="EAGLE_EXT_AUTOTUNE_CONFIGS must be an int >= 1, got 'zero'"):
+        kernels._trim(configs)
+
+
+
 # --- GPU parity (bf16 needs real hardware: the interpreter's bf16 arithmetic is wrong) -------------
 
 

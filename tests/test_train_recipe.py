@@ -398,6 +398,7 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
 def test_recipe_runs_on_cuda_with_bf16_autocast_and_resumes(tmp_path, tiny, algorithm):
     """On CUDA: bf16 target, fp32 master weights under bf16 autocast, fused AdamW, Triton loss / flex attention;
     the loss falls and a resumed run continues from the checkpoint."""
+    pytest.importorskip("datasets")  # the recipe tokenises its data through datasets.map
     run = str(tmp_path / "run")
     extra = ["train.device=cuda", "train.max_steps=12", "checkpoint.every_steps=6", "train.log_every_steps=3"]
     assert main(["train", "-c", TINY[algorithm], *tiny(run, *extra)]) == 0
