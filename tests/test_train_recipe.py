@@ -67,6 +67,8 @@ def test_defaults_are_written_once_and_round_trip(tmp_path, tiny):
         ("checkpoint.export_formats=[specforge_peagle]", "'speculators' or 'sglang' for EAGLE-3"),
         ("algorithm=medusa", "algorithm must be one of ('eagle3', 'peagle'), got 'medusa'"),
         ("nonsense", "must look like dotted.key=value"),
+        ("train.autocast=fp16", "train.autocast must be 'auto', 'bf16' or 'none' (fp16 autocast is refused: the "
+                                "recipe has no GradScaler"),
     ],
 )
 def test_bad_config_is_rejected_before_anything_loads(tmp_path, tiny, override, message):

@@ -37,6 +37,7 @@ from transformers.activations import ACT2FN
 from eagle_ext.models.attention import TTT_ATTENTION_IMPLEMENTATIONS, masked_attention, ttt_attention
 from eagle_ext.models.masks import check_attention_mask, document_ids_from_seq_lens
 from eagle_ext.models.rope import RotaryEmbedding, apply_rotary
+from eagle_ext.ops._transfer import to_device_async
 
 __all__ = [
     "Eagle3DraftModel",
@@ -509,7 +510,7 @@ class Eagle3DraftModel(nn.Module):
             if not isinstance(seq_lens, torch.Tensor):
                 raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {type(seq_lens).__name__}")
             doc_ids_host = document_ids_from_seq_lens(seq_lens.detach().cpu(), t)
-            doc_ids = doc_ids_host.to(device, non_blocking=True)
+            doc_ids = to_device_async(doc_ids_host, device)
         rows = (key_valid, doc_ids, doc_ids_host)
         self._ttt_rows_cache = (attention_mask, seq_lens, (b, t, device), rows)
         return rows

@@ -124,7 +124,7 @@ class TrainConfig:
     micro_batch_size: int = 1
     seed: int = 42
     device: str = "auto"  # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | fp16 | none
+    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | none (fp16 refused: no GradScaler)
     loss_impl: str = "auto"  # fused projection + loss: auto | fused | reference (EAGLE-3)
     log_every_steps: int = 10
     eval_every_steps: int | None = None  # None: only at the end (when data.eval_path is set)
@@ -421,8 +421,11 @@ def validate(cfg: RecipeConfig) -> None:
     _positive_int(tr.micro_batch_size, "train.micro_batch_size")
     _require(tr.device == "auto" or tr.device == "cpu" or tr.device.startswith("cuda"), "train.device", tr.device,
              "'auto', 'cpu' or 'cuda[:N]'")
-    _require(tr.autocast in ("auto", "bf16", "fp16", "none"), "train.autocast", tr.autocast,
-             "'auto', 'bf16', 'fp16' or 'none'")
+    _require(tr.autocast in ("auto", "bf16", "none"), "train.autocast", tr.autocast,
+             "'auto', 'bf16' or 'none'" + (
+                 " (fp16 autocast is refused: the recipe has no GradScaler, so fp16 gradients of the loss and the "
+                 "fused kernels' dz would underflow to zero; use bf16, which needs no loss scaling)"
+                 if tr.autocast == "fp16" else ""))
     _require(tr.loss_impl in ("auto", "fused", "reference"), "train.loss_impl", tr.loss_impl,
              "'auto', 'fused' or 'reference'")
     _positive_int(tr.log_every_steps, "train.log_every_steps")
