@@ -58,7 +58,6 @@ offsets are int64. fp32 dots use TF32 exactly when the caller says torch matmul 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from typing import NamedTuple
@@ -66,6 +65,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+from eagle_ext.ops._gemm import _addmm_into, _mm_into
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -449,43 +450,6 @@ def forward(
         if kl:
             row_loss = row_loss + acc3.sum(0)
     return ForwardResult(row_loss, lse, psum, target_lse, draft_argmax, target_argmax)
-
-
-@functools.cache
-def _fp32_out_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``mm`` / ``addmm`` with ``out_dtype=torch.float32`` work here for ``dtype`` operands (CUDA,
-    torch >= 2.8); elsewhere the product is formed in ``dtype`` and then added."""
-    if device_type != "cuda":
-        return False
-    try:
-        a = torch.ones(16, 16, dtype=dtype, device=device_type)
-        acc = torch.zeros(16, 16, dtype=torch.float32, device=device_type)
-        out = torch.empty(16, 16, dtype=torch.float32, device=device_type)
-        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
-        torch.mm(a, a, out_dtype=torch.float32, out=out)
-        return bool(acc[0, 0] == 16 and out[0, 0] == 16)
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-
-
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out = a @ b`` (operands share a dtype; ``out`` may be wider); fp32 accumulation throughout."""
-    if out.dtype == a.dtype:
-        torch.mm(a, b, out=out)
-    elif out.dtype == torch.float32 and _fp32_out_supported(a.device.type, a.dtype):
-        torch.mm(a, b, out_dtype=torch.float32, out=out)
-    else:
-        out.copy_(torch.mm(a, b))
-
-
-def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``acc += a @ b`` in place with fp32 ``acc`` (no [N, H] temporary where torch allows it)."""
-    if a.dtype == torch.float32:
-        torch.addmm(acc, a, b, out=acc)
-    elif _fp32_out_supported(a.device.type, a.dtype):
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    else:
-        acc.add_(torch.mm(a, b))
 
 
 def backward(
