@@ -145,7 +145,27 @@ def test_lean_saves_no_quadratic_tensor_for_backward():
     eager = _largest_saved_numel(lambda: ttt_attention_reference(q, keys, values))
     lean = _largest_saved_numel(lambda: ttt_attention_lean(q, keys, values, query_chunk_size=16))
     assert eager >= quadratic
-    assert lean <= b * hkv * t * steps * d  # the stacked diagonal keys: O(T * D * k)
+    assert lean <= b * hq * t * d  # the grouped query copy; no stacked diagonal keys [B, Hkv, T, k, D]
+
+
+def test_lean_keeps_no_copy_of_the_cache_for_backward():
+    """The cache's K_1..K_k are saved by reference, never stacked: a step-k copy saved per TTT step would
+    add up to O(k^2) over the unroll. What the lean step saves beyond its inputs is the grouped query and
+    the row lse, whatever k is."""
+    b, hq, hkv, t, d = 1, 4, 2, 64, 8
+    for steps in (1, 4):
+        q, keys, values = _inputs(b, hq, hkv, t, d, steps)
+        inputs = {x.untyped_storage().data_ptr() for x in (q, *keys, *values)}
+        extra = {}
+
+        def pack(x):
+            if x.untyped_storage().data_ptr() not in inputs:
+                extra[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            ttt_attention_lean(q, keys, values, query_chunk_size=16)
+        assert sum(extra.values()) <= 4 * (b * hq * t * d + b * hq * t), (steps, extra)
 
 
 def test_bad_inputs_raise_with_the_value():

@@ -24,8 +24,9 @@ Two implementations with identical semantics:
   Memory: the transient peak is about three ``[B, Hq, c, T]`` fp32 buffers (scores/P, dP, dS) with c
   chosen so one buffer stays under 16 MiB (and c <= 128) on CPU / 256 MiB on CUDA, instead of the
   eager kernel's ``[B, Hq, T, T + k]`` fp32 scores and probabilities kept alive per step for backward.
-  Saved activations are ``q`` ``[B, Hq, T, D]``, the cache's K/V (``O(B * Hkv * T * D * (k + 1))``,
-  shared with autograd anyway) and ``lse``: nothing quadratic in T. GQA is handled by grouping query
+  Saved activations are ``q`` ``[B, Hq, T, D]``, the cache's K/V by reference (``K_1..K_k`` enter as
+  separate inputs and are stacked per query chunk only, so a TTT step saves no ``[B, Hkv, T, k, D]`` copy:
+  such a copy per step would add up to O(k^2) over the unroll) and ``lse``: nothing quadratic in T or k. GQA is handled by grouping query
   heads, never by repeating K/V. Measured on CPU (``benchmarks/bench_eagle3_step.py``, B=1, Hq=8, Hkv=2,
   T=2048, D=64, k=3, forward + backward): 102 MiB peak vs 652 MiB eager (0.16x), 3.3x faster.
 
@@ -240,6 +241,9 @@ class _ChunkContext:
 
     def __init__(self, qg, k0, v0, kd, vd, doc_ids, key_valid, scale):
         self.b, self.hkv, self.t, self.g, self.d = qg.shape
+        # kd / vd: the lists K_1..K_k, V_1..V_k ([B, Hkv, T, D] each), or None at step 0. They are never
+        # stacked whole (a [B, Hkv, T, k, D] copy per TTT step, saved for backward, is O(k^2) over the
+        # unroll); a chunk stacks its own rows only, a transient [B, Hkv, c, k, D].
         self.qg, self.k0, self.v0, self.kd, self.vd = qg, k0, v0, kd, vd
         self.doc_ids, self.key_valid, self.scale = doc_ids, key_valid, scale
         self.acc = _accumulation_dtype(qg.dtype)
@@ -247,6 +251,11 @@ class _ChunkContext:
     def rows(self, x: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
         """``x[:, :, q0:q1]`` of a ``[B, Hkv, T, G, D]`` tensor as ``[B, Hkv, c * G, D]`` (a view)."""
         return x[:, :, q0:q1].reshape(self.b, self.hkv, (q1 - q0) * self.g, x.shape[-1])
+
+    @staticmethod
+    def diag_rows(xs: list[torch.Tensor], q0: int, q1: int) -> torch.Tensor:
+        """Rows ``q0..q1`` of ``K_1..K_k`` (or the values) as ``[B, Hkv, c, k, D]``: a chunk-sized stack."""
+        return torch.stack([x[:, :, q0:q1] for x in xs], dim=3)
 
     def probs(self, q0: int, q1: int, lo: int, lse: torch.Tensor | None):
         """Block and diagonal probabilities of one chunk (and the chunk lse when ``lse`` is None).
@@ -261,7 +270,7 @@ class _ChunkContext:
         scores.masked_fill_(~visible[:, :, :, None], float("-inf"))
         diag = None
         if self.kd is not None:
-            diag = _matmul_acc(self.qg[:, :, q0:q1], self.kd[:, :, q0:q1].transpose(-1, -2), self.acc)
+            diag = _matmul_acc(self.qg[:, :, q0:q1], self.diag_rows(self.kd, q0, q1).transpose(-1, -2), self.acc)
             diag = diag.mul_(self.scale)
         if lse is None:
             lse = torch.logsumexp(scores, dim=-1)
@@ -280,7 +289,9 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
 
 class _LeanTTTAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k0, v0, kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host):
+    def forward(ctx, q, k0, v0, doc_ids, key_valid, scale, chunk, doc_ids_host, steps, *extra):
+        # extra: K_1..K_steps then V_1..V_steps, each [B, Hkv, T, D], as separate inputs (no stacked copy)
+        kd, vd = (list(extra[:steps]), list(extra[steps:])) if steps else (None, None)
         b, hq, t, d = q.shape
         qg = _grouped(q, k0.shape[1])
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, scale)
@@ -296,24 +307,26 @@ class _LeanTTTAttention(torch.autograd.Function):
             o = _matmul_acc(probs.view(b, cc.hkv, c * cc.g, q1 - lo).to(dtype), v0[:, :, lo:q1], cc.acc)
             o = o.view(b, cc.hkv, c, cc.g, d)
             if probs_diag is not None:
-                o += _matmul_acc(probs_diag.to(dtype), vd[:, :, q0:q1], cc.acc)
+                o += _matmul_acc(probs_diag.to(dtype), cc.diag_rows(vd, q0, q1), cc.acc)
             out[:, :, q0:q1] = o
             lse[:, :, q0:q1] = lse_c
-        ctx.save_for_backward(qg, k0, v0, kd, vd, doc_ids, key_valid, lse)
-        ctx.scale, ctx.plan = scale, plan
+        ctx.save_for_backward(qg, k0, v0, doc_ids, key_valid, lse, *extra)
+        ctx.scale, ctx.plan, ctx.steps = scale, plan, steps
         return out.transpose(2, 3).reshape(b, hq, t, d)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qg, k0, v0, kd, vd, doc_ids, key_valid, lse = ctx.saved_tensors
+        qg, k0, v0, doc_ids, key_valid, lse, *extra = ctx.saved_tensors
+        steps = ctx.steps
+        kd, vd = (extra[:steps], extra[steps:]) if steps else (None, None)
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, ctx.scale)
         b, hkv, g, d, acc, dtype = cc.b, cc.hkv, cc.g, cc.d, cc.acc, qg.dtype
         go_g = _grouped(grad_out.to(dtype), hkv)
         dq = torch.empty_like(qg)
         dk0 = torch.zeros(k0.shape, dtype=acc, device=qg.device)
         dv0 = torch.zeros(v0.shape, dtype=acc, device=qg.device)
-        dkd = None if kd is None else torch.empty_like(kd)
-        dvd = None if vd is None else torch.empty_like(vd)
+        dkd = [torch.empty_like(k) for k in kd] if steps else []
+        dvd = [torch.empty_like(v) for v in vd] if steps else []
         for q0, q1, lo in ctx.plan:
             c, kc_len = q1 - q0, q1 - lo
             probs, probs_diag, _ = cc.probs(q0, q1, lo, lse[:, :, q0:q1])
@@ -328,8 +341,10 @@ class _LeanTTTAttention(torch.autograd.Function):
             delta = pdp.sum(dim=-1, keepdim=True)
             pdp_diag = None
             if probs_diag is not None:
-                go, kd_c, vd_c = go_g[:, :, q0:q1], kd[:, :, q0:q1], vd[:, :, q0:q1]
-                dvd[:, :, q0:q1] = torch.matmul(probs_diag.transpose(-1, -2).to(dtype), go)
+                go, kd_c, vd_c = go_g[:, :, q0:q1], cc.diag_rows(kd, q0, q1), cc.diag_rows(vd, q0, q1)
+                dvd_c = torch.matmul(probs_diag.transpose(-1, -2).to(dtype), go)  # [B, Hkv, c, k, D]
+                for j, dv in enumerate(dvd):
+                    dv[:, :, q0:q1] = dvd_c[:, :, :, j]
                 pdp_diag = _matmul_acc(go, vd_c.transpose(-1, -2), acc).mul_(probs_diag)
                 delta += pdp_diag.sum(dim=-1, keepdim=True)
             ds = pdp.sub_(probs.mul_(delta)).mul_(ctx.scale).to(dtype)  # P*dP - P*delta, in place
@@ -339,10 +354,12 @@ class _LeanTTTAttention(torch.autograd.Function):
             if pdp_diag is not None:
                 dsd = pdp_diag.sub_(probs_diag.mul_(delta)).mul_(ctx.scale).to(dtype)
                 dqc += _matmul_acc(dsd, kd_c, acc)
-                dkd[:, :, q0:q1] = torch.matmul(dsd.transpose(-1, -2), qg[:, :, q0:q1])
+                dkd_c = torch.matmul(dsd.transpose(-1, -2), qg[:, :, q0:q1])
+                for j, dk in enumerate(dkd):
+                    dk[:, :, q0:q1] = dkd_c[:, :, :, j]
             dq[:, :, q0:q1] = dqc
         dq = dq.transpose(2, 3).reshape(b, hkv * g, cc.t, d)
-        return dq, dk0.to(k0.dtype), dv0.to(v0.dtype), dkd, dvd, None, None, None, None, None
+        return (dq, dk0.to(k0.dtype), dv0.to(v0.dtype), None, None, None, None, None, None, *dkd, *dvd)
 
 
 def ttt_attention_lean(
@@ -371,8 +388,6 @@ def ttt_attention_lean(
     elif not isinstance(query_chunk_size, int) or query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be a positive int, got {query_chunk_size!r}")
     chunk = min(query_chunk_size, t)
-    kd = torch.stack(list(keys[1:]), dim=3) if len(keys) > 1 else None  # [B,Hkv,T,k,D]
-    vd = torch.stack(list(values[1:]), dim=3) if len(values) > 1 else None
     if doc_ids is not None:
         doc_ids = doc_ids.to(torch.int64)
     if doc_ids_host is not None:
@@ -383,8 +398,9 @@ def ttt_attention_lean(
             )
     if key_valid is not None:
         key_valid = key_valid.to(torch.bool)
+    steps = len(keys) - 1
     return _LeanTTTAttention.apply(
-        query, keys[0], values[0], kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host
+        query, keys[0], values[0], doc_ids, key_valid, scale, chunk, doc_ids_host, steps, *keys[1:], *values[1:]
     )
 
 
