@@ -1,7 +1,8 @@
 """One full EAGLE-3 training step: target forward + TTT unroll + backward, tokens/s and peak memory.
 
 Table 1 runs the whole step on a small Llama (default: H=256, 4 target layers, T=512, B=2, ttt=4,
-V=8192, Vd=2048) with the TTT attention ``eager`` (reference) vs ``lean``, and the step loss ``reference``
+V=8192, Vd=2048) with the TTT attention ``eager`` (reference) vs ``lean`` (and on CUDA ``flex``: compiled
+FlexAttention, fused loss only), and the step loss ``reference``
 vs ``fused`` (when ``eagle_ext.ops.linear_kl`` imports). Ratios are against eager + reference.
 
 Table 2 compares ttt = 1 with ttt = 7 (lean attention, Vd = V so the supervision dominates): peak memory
@@ -11,7 +12,7 @@ reads one step-0 target with a row offset and recomputes in backward, so its voc
 with the unroll; the reference loss keeps fp32 [B, T, Vd] logits per step.
 
 Table 3 isolates the TTT attention of the last unrolled step (k = ttt-1) forward + backward at a longer
-row, where the eager kernel's ``[B, Hq, T, T + k]`` fp32 scores dominate.
+row (eager, lean, and on CUDA flex), where the eager kernel's ``[B, Hq, T, T + k]`` fp32 scores dominate.
 
 Each CPU case runs in a fresh process (``benchmarks._common.measure``); peak memory is the growth of the
 resident high-water mark over the inputs.
@@ -130,11 +131,13 @@ def main() -> None:
 
 def _measure_all(out, device, shape, attn_shape, repeat, losses, tokens):
     results = {}
-    for loss_impl in losses:
-        for attn in ("eager", "lean"):
-            results[(attn, loss_impl)] = measure(_step_case, device=device, warmup=1, repeat=repeat, attn=attn,
-                                                 loss_impl=loss_impl, where=device, **shape)
-            out.add("step", {"attention": attn, "loss": loss_impl, **results[(attn, loss_impl)]})
+    cases = [(attn, loss_impl) for loss_impl in losses for attn in ("eager", "lean")]
+    if device == "cuda" and "fused" in losses:
+        cases.append(("flex", "fused"))  # compiled FlexAttention TTT (compile time in the warm-up call)
+    for attn, loss_impl in cases:
+        results[(attn, loss_impl)] = measure(_step_case, device=device, warmup=1, repeat=repeat, attn=attn,
+                                             loss_impl=loss_impl, where=device, **shape)
+        out.add("step", {"attention": attn, "loss": loss_impl, **results[(attn, loss_impl)]})
     base = results[BASELINE]
     rows = []
     for (attn, loss_impl), r in results.items():
@@ -173,7 +176,7 @@ def _measure_all(out, device, shape, attn_shape, repeat, losses, tokens):
                                        "vocab-wide saved ttt=7", "vocab-wide 7/1"], mem_title)
 
     attn_results = {}
-    for impl in ATTENTION_IMPLS:
+    for impl in ATTENTION_IMPLS + (("flex",) if device == "cuda" else ()):
         attn_results[impl] = measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl,
                                      where=device, **attn_shape)
         out.add("attention", {"attention": impl, **attn_results[impl]})

@@ -41,6 +41,7 @@ Masked attention (P-EAGLE) runs FlexAttention, compiled once per bucket of seque
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,7 +60,7 @@ __all__ = [
     "masked_attention",
 ]
 
-TTT_ATTENTION_IMPLEMENTATIONS = ("lean", "eager")
+TTT_ATTENTION_IMPLEMENTATIONS = ("lean", "eager", "flex")
 
 # Query chunk of the lean path: keep one fp32 score chunk [B, Hq, c, T] under this many elements, with
 # at most this many query rows. CPU: small chunks stay cache-friendly and let the causal key skip pay off
@@ -147,7 +148,9 @@ def ttt_attention(
         doc_ids: int64 ``[B, T]`` document index per slot for packed rows, or None.
         key_valid: bool ``[B, T]`` real-token mask, or None (all real).
         scale: softmax scale, default ``D ** -0.5``.
-        implementation: ``"lean"`` or ``"eager"``.
+        implementation: ``"lean"``, ``"eager"`` or ``"flex"`` (CUDA: compiled FlexAttention over ``K_0`` plus
+            the diagonal keys merged in log space, :func:`ttt_attention_flex`; elsewhere the lean path, since
+            FlexAttention has no CPU backward).
         query_chunk_size: lean path only; default keeps one fp32 score chunk ``[B, Hq, c, T]`` under 4M
             elements and 128 rows on CPU (64M elements on CUDA), at least 16 rows.
         doc_ids_host: lean path only: a host (CPU) copy of ``doc_ids``. The lean chunk plan needs the
@@ -167,6 +170,13 @@ def ttt_attention(
         )
     if implementation == "eager":
         return ttt_attention_reference(query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale)
+    if implementation == "flex":
+        if query.device.type == "cuda":
+            return ttt_attention_flex(query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale)
+        return ttt_attention_lean(  # the CPU fallback: no FlexAttention backward there
+            query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale,
+            query_chunk_size=query_chunk_size, doc_ids_host=doc_ids_host,
+        )
     raise ValueError(f"implementation must be one of {TTT_ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
 
 
@@ -465,13 +475,37 @@ def _flex_compile_settings() -> dict[str, Any]:
     return settings
 
 
-def _run_flex(query, key, value, block_mask, scale, enable_gqa):
+@functools.cache
+def _flex_has_aux() -> bool:
+    import inspect
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return "return_aux" in inspect.signature(flex_attention).parameters
+
+
+def _run_flex(query, key, value, block_mask, scale, enable_gqa, return_lse=False):
     flex = _flex_attention()
+    kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    aux = return_lse and _flex_has_aux()
+    if return_lse:
+        # torch >= 2.9: return_aux=AuxRequest(lse=True) (return_lse is deprecated there); before: return_lse
+        if aux:
+            from torch.nn.attention.flex_attention import AuxRequest
+
+            kwargs["return_aux"] = AuxRequest(lse=True)
+        else:
+            kwargs["return_lse"] = True
+
+    def call():
+        result = flex(query, key, value, **kwargs)
+        return (result[0], result[1].lse) if aux else result
+
     if flex is not _compiled_flex:
-        return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+        return call()
     try:
         with torch._dynamo.config.patch(**_flex_compile_settings()):
-            return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+            return call()
     except Exception as exc:
         if type(exc).__name__ not in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit"):
             raise
@@ -548,3 +582,96 @@ def masked_attention(
     pad = (0, 0, 0, q_len - n)
     out = _run_flex(F.pad(query, pad), F.pad(key, pad), F.pad(value, pad), attention_mask, scale, hq != hkv)
     return out[:, :, :n]
+
+
+# ---------------------------------------------------------------------------------------------- TTT on flex
+
+_ttt_block_mask_cache: tuple | None = None
+
+
+def ttt_block_mask(doc_ids: torch.Tensor | None, key_valid: torch.Tensor | None, batch: int, seq_len: int,
+                   device: torch.device, *, block_size: int = 128):
+    """FlexAttention ``BlockMask`` of the TTT step-0 block (``Q`` against ``K_0``): query ``q`` sees key
+    ``kv`` iff ``kv <= q``, both in the same document and ``kv`` a real token; a slot always sees itself
+    (the visibility of :func:`eagle_ext.models.masks.block_causal_visibility`).
+
+    Built by ``create_block_mask`` on ``device`` (no host sync) and cached for the same ``doc_ids`` /
+    ``key_valid`` objects, which a TTT unroll passes at every step: one build per unroll."""
+    global _ttt_block_mask_cache
+    import weakref
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (batch, seq_len, str(device), block_size)
+    cached = _ttt_block_mask_cache
+    if (cached is not None and cached[0] == key and cached[1]() is doc_ids and cached[2]() is key_valid):
+        return cached[3]
+
+    def mask_mod(b, h, q, kv):
+        visible = kv <= q
+        if doc_ids is not None:
+            visible = visible & (doc_ids[b, q] == doc_ids[b, kv])
+        if key_valid is not None:
+            visible = visible & key_valid[b, kv]
+        return visible | (q == kv)
+
+    per_row = doc_ids is not None or key_valid is not None
+    mask = create_block_mask(mask_mod, batch if per_row else None, None, seq_len, seq_len, device=device,
+                             BLOCK_SIZE=block_size)
+
+    def ref(t):
+        return (lambda: None) if t is None else weakref.ref(t)
+
+    _ttt_block_mask_cache = (key, ref(doc_ids), ref(key_valid), mask)
+    return mask
+
+
+def ttt_attention_flex(
+    query: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    *,
+    doc_ids: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
+    block_mask: Any = None,
+) -> torch.Tensor:
+    """TTT attention with FlexAttention for the ``T x T`` part: same contract and results as
+    :func:`ttt_attention_reference`.
+
+    The keys are ``[K_0 | K_1..K_k]``: ``K_0`` under the block-causal document mask (a ``BlockMask``:
+    flex skips the empty blocks) and ``K_1..K_k`` on the diagonal only (slot ``t`` sees ``K_j[t]``). The
+    ``K_0`` part runs in one (compiled, on CUDA) flex call that also returns its row ``lse``; the diagonal
+    part is ``k`` dot products per row, merged in log space: ``lse = logaddexp(lse_0, logsumexp(d))``,
+    ``out = exp(lse_0 - lse)·out_0 + Σ_j exp(d_j - lse)·V_j[t]``. Autograd runs through both (flex's
+    backward takes the gradient of its ``lse``). Nothing is concatenated or stacked across steps: the
+    cache's ``K_j`` / ``V_j`` are read (and saved) by reference, so the unroll copies no K/V.
+
+    CUDA with gradients; the forward also runs on CPU (FlexAttention has no CPU backward: the CPU training
+    path is :func:`ttt_attention_lean`, which :func:`ttt_attention` falls back to).
+
+    Raises:
+        ValueError: as :func:`ttt_attention`.
+    """
+    b, hq, hkv, t, d = _check_ttt_inputs(query, keys, values, doc_ids, key_valid)
+    scale = d**-0.5 if scale is None else scale
+    if block_mask is None:
+        block_mask = ttt_block_mask(doc_ids, key_valid.to(torch.bool) if key_valid is not None else None, b, t,
+                                    query.device)
+    out0, lse0 = _run_flex(query, keys[0], values[0], block_mask, scale, hq != hkv, return_lse=True)
+    if len(keys) == 1:
+        return out0
+    acc = _accumulation_dtype(query.dtype)
+    g = hq // hkv
+    qg = _grouped(query, hkv)  # [B, Hkv, T, G, D]
+    # d_j[b, h, t, g] = q[b, h*g, t] . K_j[b, h, t] * scale, as [B, Hkv, T, G, k]
+    diag = torch.cat([_matmul_acc(qg, k.unsqueeze(-1), acc) for k in keys[1:]], dim=-1).mul(scale)
+    lse_0 = lse0.to(acc).view(b, hkv, g, t).transpose(2, 3)  # [B, Hkv, T, G]
+    lse = torch.logaddexp(lse_0, torch.logsumexp(diag, dim=-1))
+    weights = torch.exp(diag - lse.unsqueeze(-1))  # [B, Hkv, T, G, k]
+    # fp32 weights times the operands in their own dtype: the products promote to fp32, and autograd saves
+    # the weights and references to V_j, not fp32 copies of them
+    out = _grouped(out0, hkv) * torch.exp(lse_0 - lse).unsqueeze(-1)
+    for j, v in enumerate(values[1:]):
+        out = out + weights[..., j : j + 1] * v.unsqueeze(3)
+    return out.transpose(2, 3).reshape(b, hq, t, d).to(query.dtype)

@@ -328,7 +328,8 @@ class Eagle3DraftModel(nn.Module):
             norm_output: EAGLE-3.1: ``forward`` returns ``norm(h)`` (carried to the next TTT step) and
                 :meth:`compute_logits` applies no second norm.
             freeze_embeddings: default ``not parallel_drafting``.
-            attn_implementation: TTT attention kernel, ``"lean"`` or ``"eager"``.
+            attn_implementation: TTT attention kernel, ``"lean"``, ``"eager"`` or ``"flex"`` (compiled
+                FlexAttention on CUDA, the lean path elsewhere; see ``eagle_ext.models.attention``).
             num_aux_hidden_states: captured target layers (3).
 
         Raises:

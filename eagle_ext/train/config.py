@@ -79,7 +79,7 @@ class Eagle3Config:
 
     ttt_steps: int = 4
     step_decay: float = 0.8
-    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute) or eager
+    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute), eager, or flex (compiled on CUDA)
     fc_norm: bool = False
     norm_output: bool = False
     freeze_embeddings: bool = True
@@ -390,8 +390,8 @@ def validate(cfg: RecipeConfig) -> None:
         e = cfg.eagle3
         _positive_int(e.ttt_steps, "eagle3.ttt_steps")
         _require(e.step_decay > 0, "eagle3.step_decay", e.step_decay, "a number > 0")
-        _require(e.attn_implementation in ("lean", "eager"), "eagle3.attn_implementation", e.attn_implementation,
-                 "'lean' or 'eager'")
+        _require(e.attn_implementation in ("lean", "eager", "flex"), "eagle3.attn_implementation",
+                 e.attn_implementation, "'lean', 'eager' or 'flex'")
     else:
         p = cfg.peagle
         _positive_int(p.num_depths, "peagle.num_depths")
