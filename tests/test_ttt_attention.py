@@ -160,7 +160,7 @@ def test_lean_keeps_no_copy_of_the_cache_for_backward():
         inputs = {x.untyped_storage().data_ptr() for x in (q, *keys, *values)}
         extra = {}
 
-        def pack(x):
+        def pack(x, inputs=inputs, extra=extra):
             if x.untyped_storage().data_ptr() not in inputs:
                 extra[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
             return x
@@ -439,7 +439,7 @@ def test_flex_ttt_saves_no_copy_of_the_cache(monkeypatch):
         inputs = {x.untyped_storage().data_ptr() for x in (q, *keys, *values)}
         seen = {}
 
-        def pack(x):
+        def pack(x, inputs=inputs, seen=seen):
             if x.untyped_storage().data_ptr() not in inputs and x.numel() >= b * hkv * t * d:
                 seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
             return x
