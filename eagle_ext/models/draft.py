@@ -38,6 +38,7 @@ from eagle_ext.models.attention import TTT_ATTENTION_IMPLEMENTATIONS, masked_att
 from eagle_ext.models.families import default_draft_shape
 from eagle_ext.models.masks import check_attention_mask, document_ids_from_seq_lens
 from eagle_ext.models.rope import RotaryEmbedding, apply_rotary, select_rope_parameters
+from eagle_ext.ops._transfer import to_device_async
 
 __all__ = [
     "Eagle3DraftModel",
@@ -384,7 +385,8 @@ class Eagle3DraftModel(nn.Module):
             norm_output: EAGLE-3.1: ``forward`` returns ``norm(h)`` (carried to the next TTT step) and
                 :meth:`compute_logits` applies no second norm.
             freeze_embeddings: default ``not parallel_drafting``.
-            attn_implementation: TTT attention kernel, ``"lean"`` or ``"eager"``.
+            attn_implementation: TTT attention kernel, ``"lean"``, ``"eager"`` or ``"flex"`` (compiled
+                FlexAttention on CUDA, the lean path elsewhere; see ``eagle_ext.models.attention``).
             num_aux_hidden_states: captured target layers (3).
             bias: attention and MLP biases in the draft (default none: SGLang / specforge build none; vLLM
                 reads them from a ``speculators`` export). The target's own biases are not copied.
@@ -576,7 +578,7 @@ class Eagle3DraftModel(nn.Module):
             if not isinstance(seq_lens, torch.Tensor):
                 raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {type(seq_lens).__name__}")
             doc_ids_host = document_ids_from_seq_lens(seq_lens.detach().cpu(), t)
-            doc_ids = doc_ids_host.to(device, non_blocking=True)
+            doc_ids = to_device_async(doc_ids_host, device)
         rows = (key_valid, doc_ids, doc_ids_host)
         self._ttt_rows_cache = (attention_mask, seq_lens, (b, t, device), rows)
         return rows

@@ -79,7 +79,7 @@ class Eagle3Config:
 
     ttt_steps: int = 4
     step_decay: float = 0.8
-    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute) or eager
+    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute), eager, or flex (compiled on CUDA)
     fc_norm: bool = False
     norm_output: bool = False
     freeze_embeddings: bool = True
@@ -137,7 +137,7 @@ class TrainConfig:
     micro_batch_size: int = 1
     seed: int = 42
     device: str = "auto"  # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | fp16 | none
+    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | none (fp16 refused: no GradScaler)
     loss_impl: str = "auto"  # fused projection + loss: auto | fused | reference (EAGLE-3)
     log_every_steps: int = 10
     eval_every_steps: int | None = None  # None: only at the end (when data.eval_path is set)
@@ -404,8 +404,8 @@ def validate(cfg: RecipeConfig) -> None:
         e = cfg.eagle3
         _positive_int(e.ttt_steps, "eagle3.ttt_steps")
         _require(e.step_decay > 0, "eagle3.step_decay", e.step_decay, "a number > 0")
-        _require(e.attn_implementation in ("lean", "eager"), "eagle3.attn_implementation", e.attn_implementation,
-                 "'lean' or 'eager'")
+        _require(e.attn_implementation in ("lean", "eager", "flex"), "eagle3.attn_implementation",
+                 e.attn_implementation, "'lean', 'eager' or 'flex'")
     else:
         p = cfg.peagle
         _positive_int(p.num_depths, "peagle.num_depths")
@@ -454,8 +454,11 @@ def validate(cfg: RecipeConfig) -> None:
     _positive_int(tr.micro_batch_size, "train.micro_batch_size")
     _require(tr.device == "auto" or tr.device == "cpu" or tr.device.startswith("cuda"), "train.device", tr.device,
              "'auto', 'cpu' or 'cuda[:N]'")
-    _require(tr.autocast in ("auto", "bf16", "fp16", "none"), "train.autocast", tr.autocast,
-             "'auto', 'bf16', 'fp16' or 'none'")
+    _require(tr.autocast in ("auto", "bf16", "none"), "train.autocast", tr.autocast,
+             "'auto', 'bf16' or 'none'" + (
+                 " (fp16 autocast is refused: the recipe has no GradScaler, so fp16 gradients of the loss and the "
+                 "fused kernels' dz would underflow to zero; use bf16, which needs no loss scaling)"
+                 if tr.autocast == "fp16" else ""))
     _require(tr.loss_impl in ("auto", "fused", "reference"), "train.loss_impl", tr.loss_impl,
              "'auto', 'fused' or 'reference'")
     _positive_int(tr.log_every_steps, "train.log_every_steps")

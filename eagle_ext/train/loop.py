@@ -169,11 +169,49 @@ def _autocast(cfg: RecipeConfig, device: torch.device):
         mode = "bf16" if device.type == "cuda" else "none"
     if mode == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16)  # fp16 is refused by the config (no GradScaler)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device``; host-to-CUDA copies go through pinned memory (asynchronous)."""
+    from eagle_ext.ops._transfer import to_device_async
+
+    return {k: to_device_async(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# Host syncs: what feeds Python control flow in the step is read from the collated (host) batch, never from
+# a device copy, which could only be read back after every queued kernel (the target forward) has run.
+# - seq_lens: the trainer gets the host tensor (document ids -> the lean attention's chunk plan);
+#   the target forward gets the device copy (its mask is built there, with device-side checks only).
+# - P-EAGLE: the plan (COD sampling, segments, counts) is built from host copies of the shifted loss mask
+#   and the attention mask.
+
+
+def _host_seq_lens(batch: dict) -> torch.Tensor | None:
+    seq_lens = batch.get("seq_lens")
+    return seq_lens if isinstance(seq_lens, torch.Tensor) and seq_lens.device.type == "cpu" else None
+
+
+def _host_plan_masks(batch: dict, *, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host ``(loss_mask, attention_mask)`` of a collated batch in the trainer's frame: the loss mask shifted
+    left by one like the target capture does (unless the batch is already in that frame, ``shifted``)."""
+    from eagle_ext.eagle3 import shift_left_with_zero
+
+    loss_mask, attention_mask = batch["loss_mask"].cpu(), batch["attention_mask"].cpu()
+    return (loss_mask if shifted else shift_left_with_zero(loss_mask)), attention_mask
+
+
+def wrap_ddp(trainer: torch.nn.Module) -> torch.nn.Module:
+    """The trainer under DistributedDataParallel, as the recipe runs it.
+
+    ``device_ids=None``: the batch is already on the device, and with device ids DDP copies every tensor
+    argument there, host-side ``seq_lens`` included (which the draft would then have to read back: a sync).
+    ``gradient_as_bucket_view=True``: gradients are views into the all-reduce buckets (no copy into and out
+    of them, one gradient-sized buffer less)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(trainer, device_ids=None, broadcast_buffers=False, find_unused_parameters=False,
+                                   gradient_as_bucket_view=True)
 
 
 def _log_main(ctx: DistContext, message: str) -> None:
@@ -606,10 +644,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     trainer = build_trainer(cfg, draft, selected_ids.to(device), selected_mask.to(device), generator)
     module: torch.nn.Module = trainer
     if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        module = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None,
-                                         broadcast_buffers=False, find_unused_parameters=False)
+        module = wrap_ddp(trainer)
 
     # ---- optimiser and schedule
     o = cfg.optim
@@ -662,13 +697,17 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             board.write(record)
 
     def forward(batch: dict):
+        host_seq_lens = _host_seq_lens(batch)
         batch = _to_device(batch, device)
         tokens = batch["attention_mask"].sum()
         if target is None:  # cached: the batch already holds the trainer's inputs
-            return batch, tokens
-        with torch.no_grad():
-            captured = target.generate_batch(**batch)
-        return captured.to_trainer_inputs(), tokens
+            inputs = batch
+        else:
+            with torch.no_grad():
+                inputs = target.generate_batch(**batch).to_trainer_inputs()
+        if host_seq_lens is not None and "seq_lens" in inputs:
+            inputs["seq_lens"] = host_seq_lens
+        return inputs, tokens
 
     def evaluate() -> dict:
         if eval_loader is None:
@@ -733,6 +772,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             for index, batch in enumerate(loader, start=consumed):
                 closes_window = (index + 1) % accum == 0 or index + 1 == batches_per_epoch
                 sync = contextlib.nullcontext() if closes_window or not ctx.distributed else module.no_sync()
+                if cfg.algorithm == "peagle":
+                    plan_masks = _host_plan_masks(batch, shifted=target is None)
                 inputs, tokens = forward(batch)
                 with sync:
                     if cfg.algorithm == "eagle3":
@@ -742,7 +783,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
                     else:
                         from eagle_ext.peagle import run_partitioned_step
 
-                        plan = trainer.build_peagle_plan(inputs["loss_mask"], inputs["attention_mask"])
+                        plan = trainer.build_peagle_plan(*plan_masks, device=device)
                         with _autocast(cfg, device):
                             metrics = run_partitioned_step(module, plan, inputs, loss_scale=1.0 / accum)
                 window.add(metrics, tokens)
