@@ -83,7 +83,7 @@ def test_ddp_wrapper_raises_no_deprecation_warning(tmp_path):
         module.register_buffer("ids", torch.arange(4))
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
-            ddp = wrap_ddp(module, torch.device("cpu"))
+            ddp = wrap_ddp(module)
         assert ddp(torch.ones(1, 3)).shape == (1, 2)
     finally:
         dist.destroy_process_group()

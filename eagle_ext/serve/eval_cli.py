@@ -1,7 +1,14 @@
 """``eagle-ext eval``: measure a draft's real acceptance with speculative decoding against its target.
 
 ``eagle-ext eval --target PATH --draft EXPORT_DIR --prompts FILE [--num-draft-tokens K [K ...]]
-[--max-new-tokens M] [--temperature T] [--seed S] [--out FILE] [--device cpu|cuda] [--dtype ...] [--save-text]``
+[--max-new-tokens M] [--temperature T] [--seed S] [--out FILE] [--device cpu|cuda] [--dtype ...] [--save-text]
+[--engine hf|vllm|both] [--concurrency N] [--vllm-python PATH] [--parity-tolerance X] [--no-convert]``
+
+Engines: ``hf`` (default) is eagle_ext's own PyTorch decoder, the reference and the lossless check; ``vllm``
+measures the same prompts in vLLM (:mod:`eagle_ext.serve.vllm_eval`, through :mod:`eagle_ext.engines.vllm`);
+``both`` runs the two and fails (exit 1) when their acceptance differs: exactly for greedy fp32, beyond
+``--parity-tolerance`` otherwise. The default ``--out`` is ``<draft's parent>/eval/<draft name>_<engine>.json``,
+beside the export, never the working directory.
 
 The draft is read from an export directory (:func:`eagle_ext.serve.export.load_exported_draft`), so the
 evaluation also proves the export. Prompts: a JSONL file whose lines are a JSON string, ``{"prompt": str}``
@@ -25,6 +32,7 @@ from eagle_ext._paths import looks_like_local_path
 
 #: --dtype choice -> torch dtype name ("auto": bf16 on CUDA, fp32 on CPU)
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEFAULT_TOLERANCE = 0.15  # == serve.vllm_eval.DEFAULT_BF16_TOLERANCE (kept light for --help)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i)")
     parser.add_argument("--max-prompts", type=int, default=None, metavar="N", help="evaluate the first N prompts")
     parser.add_argument("--ignore-eos", action="store_true", help="always generate M tokens (do not stop at EOS)")
-    parser.add_argument("--out", default="eval_results.json", help="JSON report path (written atomically)")
+    parser.add_argument("--out", default=None,
+                        help="JSON report path, written atomically (default: <draft's parent>/eval/"
+                             "<draft name>_<engine>.json)")
+    parser.add_argument("--engine", choices=("hf", "vllm", "both"), default="hf",
+                        help="hf: eagle_ext's decoder (reference); vllm: vLLM; both: run the two and check that "
+                             "they accept alike")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="vLLM only: 1 = batch-1 latency; N > 1 = all prompts submitted, N in flight")
+    parser.add_argument("--vllm-python", default=None, metavar="PATH",
+                        help="the python that has vLLM (default: $EAGLE_EXT_VLLM_PYTHON, this one, .venv-vllm)")
+    parser.add_argument("--parity-tolerance", type=float, default=None, metavar="X",
+                        help="--engine both: largest |diff| in tau / per-position acceptance (default: 0 = "
+                             f"exact for greedy fp32, else {DEFAULT_TOLERANCE})")
+    parser.add_argument("--no-convert", action="store_true",
+                        help="vLLM gets the export directory exactly as given (an SGLang export is otherwise "
+                             "converted to speculators first): with --engine both, checks what vLLM makes of it")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="auto",
                         help="target and draft dtype (auto: bf16 on CUDA, fp32 on CPU)")
@@ -91,8 +114,16 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.max_prompts is not None and args.max_prompts < 1:
         raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
-    if os.path.isdir(args.out):
+    if args.out is not None and os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a directory, expected a file path")
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.concurrency > 1 and args.engine == "hf":
+        raise ValueError(f"--concurrency {args.concurrency} applies to --engine vllm or both; the hf decoder runs "
+                         "one request at a time")
+    if args.parity_tolerance is not None and not (math.isfinite(args.parity_tolerance)
+                                                  and args.parity_tolerance >= 0):
+        raise ValueError(f"--parity-tolerance must be a finite number >= 0, got {args.parity_tolerance}")
     if args.device == "cuda":
         import torch
 
@@ -284,56 +315,167 @@ def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
     return sorted(ids)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        conversations = prepare_run(args)
-    except ValueError as exc:
-        print(f"eagle-ext eval: error: {exc}", file=sys.stderr)
-        return 2
+def default_out(draft: str, engine: str) -> str:
+    """``<draft's parent>/eval/<draft name>_<engine>.json``: beside the export (``RUN/export/eval/...`` for a
+    recipe export), never the working directory."""
+    draft = os.path.abspath(draft).rstrip(os.sep)
+    return os.path.join(os.path.dirname(draft), "eval", f"{os.path.basename(draft)}_{engine}.json")
 
+
+def _fail(message: str) -> int:
+    print(f"eagle-ext eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _resolve_dtype(args: argparse.Namespace) -> tuple[str, str]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, DTYPES[args.dtype] or ("bfloat16" if device == "cuda" else "float32")
+
+
+def _target_stop_ids(args: argparse.Namespace, tokenizer: Any) -> list[int]:
+    """Stop ids from the tokenizer and the target's generation_config.json (no weights loaded)."""
+    if args.ignore_eos:
+        return []
+    from types import SimpleNamespace
+
+    try:
+        from transformers import GenerationConfig
+
+        generation = GenerationConfig.from_pretrained(args.target)
+    except (OSError, ValueError):
+        generation = None
+    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=generation))
+
+
+def _run_hf(args: argparse.Namespace, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
+            device_name: str, dtype_name: str) -> dict[str, Any]:
+    """eagle_ext's own decoder; the aux layers come from the export's training record (the ``eagle_ext``
+    block) when it has one, so a serving field that disagrees shows up against vLLM (``--engine both``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     from eagle_ext._hf import dtype_kwargs
-    from eagle_ext._io import write_json
     from eagle_ext.serve.export import load_exported_draft
-    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative, format_report
+    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = DTYPES[args.dtype] or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    tokenizer = AutoTokenizer.from_pretrained(args.target)
-    try:
-        prompts = render_prompts(tokenizer, conversations)
-    except ValueError as exc:
-        print(f"eagle-ext eval: error: {exc}", file=sys.stderr)
-        return 2
-
+    device, dtype = torch.device(device_name), getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(args.target, **dtype_kwargs(dtype)).to(device)
     # Always offered: used only when the export ships no embedding (the engines share the target's then).
     exported = load_exported_draft(args.draft, embed_tokens=model.get_input_embeddings().weight)
     draft = exported.draft.to(device=device, dtype=dtype)
     vocab = model.get_input_embeddings().weight.shape[0]
     if draft.config.vocab_size != vocab:
-        print(f"eagle-ext eval: error: the draft's vocab_size ({draft.config.vocab_size}) differs from the target's "
-              f"({vocab}); --draft {args.draft!r} was not trained for --target {args.target!r}", file=sys.stderr)
-        return 2
-    runner = TargetRunner(model, exported.aux_layer_ids)
+        raise ValueError(f"the draft's vocab_size ({draft.config.vocab_size}) differs from the target's ({vocab}); "
+                         f"--draft {args.draft!r} was not trained for --target {args.target!r}")
+    aux_ids = list(exported.metadata.get("aux_layer_ids") or exported.aux_layer_ids)
+    if aux_ids != list(exported.aux_layer_ids):
+        print(f"warning: --draft {args.draft!r} was trained on aux layers {aux_ids} (its eagle_ext record) but its "
+              f"{exported.format} config names {exported.aux_layer_ids} (eagle_ext convention): engines will "
+              "capture other layers than training did (`eagle-ext export --check` reports it)", file=sys.stderr)
+    runner = TargetRunner(model, aux_ids)
     drafter = build_drafter(draft, mask_token_id=exported.mask_token_id)
     report = evaluate_speculative(
         runner, drafter, prompts,
         num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        seed=args.seed, stop_token_ids=[] if args.ignore_eos else stop_token_ids(tokenizer, model),
-        progress=not args.no_progress, keep_tokens=getattr(args, "save_text", False),
+        seed=args.seed, stop_token_ids=stop_ids, progress=not args.no_progress,
+        keep_tokens=getattr(args, "save_text", False),
     )
     if getattr(args, "save_text", False):
         add_generated_text(report, tokenizer)
     report["settings"].update({
-        "target": args.target, "draft": args.draft, "prompts": args.prompts, "format": exported.format,
-        "aux_layer_ids": exported.aux_layer_ids, "dtype": dtype_name, "ignore_eos": bool(args.ignore_eos),
+        "engine": "hf", "format": exported.format, "aux_layer_ids": aux_ids, "dtype": dtype_name,
         "target_name_or_path_in_export": exported.target_name_or_path,
     })
-    print(format_report(report))
-    write_json(args.out, report, indent=2)
-    print(f"report written to {args.out}")
+    return report
+
+
+def _run_vllm(args: argparse.Namespace, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
+              dtype_name: str):
+    from eagle_ext.serve.vllm_eval import evaluate_vllm
+
+    report = evaluate_vllm(
+        args.target, {"draft": args.draft}, prompts, num_draft_tokens=args.num_draft_tokens,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, stop_token_ids=stop_ids,
+        ignore_eos=args.ignore_eos, dtype=dtype_name, concurrency=args.concurrency, python=args.vllm_python,
+        progress=not args.no_progress, convert=not args.no_convert, keep_tokens=args.save_text,
+    )["draft"]
+    if args.save_text:
+        add_generated_text(report, tokenizer)
+    report["settings"]["format"] = _export_format(args.draft)
+    return report
+
+
+def _export_format(draft: str) -> str:
+    from eagle_ext.serve.export import detect_export_format
+
+    with open(os.path.join(draft, "config.json")) as f:
+        return detect_export_format(json.load(f))[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        conversations = prepare_run(args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.engine != "hf":
+        from eagle_ext.engines.vllm import VllmUnavailable, find_vllm_python
+
+        try:
+            args.vllm_python = find_vllm_python(args.vllm_python)
+        except VllmUnavailable as exc:
+            return _fail(f"--engine {args.engine}: {exc}")
+
+    from transformers import AutoTokenizer
+
+    from eagle_ext._io import write_json
+    from eagle_ext.engines.vllm import VllmUnavailable
+    from eagle_ext.serve.speculative import format_report
+
+    device, dtype_name = _resolve_dtype(args)
+    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    try:
+        prompts = render_prompts(tokenizer, conversations)
+    except ValueError as exc:
+        return _fail(str(exc))
+    stop_ids = _target_stop_ids(args, tokenizer)
+    common = {"target": args.target, "draft": args.draft, "prompts": args.prompts, "ignore_eos": bool(args.ignore_eos)}
+    out = args.out or default_out(args.draft, args.engine)
+    try:
+        reports = {}
+        if args.engine in ("hf", "both"):
+            reports["hf"] = _run_hf(args, tokenizer, prompts, stop_ids, device, dtype_name)
+        if args.engine in ("vllm", "both"):
+            reports["vllm"] = _run_vllm(args, tokenizer, prompts, stop_ids, dtype_name)
+    except (ValueError, VllmUnavailable) as exc:
+        return _fail(str(exc))
+    for name, report in reports.items():
+        report["settings"].update(common)
+        if len(reports) > 1:
+            print(f"== {name}")
+        print(format_report(report))
+    if args.engine != "both":
+        write_json(out, reports[args.engine], indent=2)
+        print(f"report written to {out}")
+        return 0
+    from eagle_ext.serve.vllm_eval import compare_engines, format_comparison
+
+    exact = dtype_name == "float32" and args.temperature == 0
+    tolerance = args.parity_tolerance if args.parity_tolerance is not None else (0.0 if exact else DEFAULT_TOLERANCE)
+    problems = compare_engines(reports["hf"], reports["vllm"], tolerance=tolerance)
+    print("== hf vs vLLM (same prompts)")
+    print(format_comparison(reports["hf"], reports["vllm"]))
+    both = {"settings": {**common, "engine": "both", "tolerance": tolerance, "dtype": dtype_name},
+            "hf": reports["hf"], "vllm": reports["vllm"], "parity_problems": problems, "agree": not problems}
+    write_json(out, both, indent=2)
+    print(f"report written to {out}")
+    if problems:
+        print("eagle-ext eval: error: hf and vLLM accept the draft differently (" +
+              ("exact match required: greedy fp32" if tolerance == 0 else f"tolerance {tolerance}") + "):\n  " +
+              "\n  ".join(problems) + "\nthe draft is read differently at serving time than eagle_ext trained "
+              "and evaluates it: check aux layer ids (`eagle-ext export --check`), the export format the engine "
+              "takes (vLLM: speculators), norms and the vocabulary map", file=sys.stderr)
+        return 1
+    print("hf and vLLM agree" + (" exactly" if tolerance == 0 else f" within {tolerance}"))
     return 0
