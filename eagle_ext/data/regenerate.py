@@ -215,7 +215,9 @@ def _check_settings(out_path: str, settings: dict) -> bool:
                          "eagle-ext regenerate, choose a new --out")
     with open(path) as f:
         stored = json.load(f)
-    changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    # both ways: a key only the stored file has (e.g. engine: vllm) is a difference too
+    changed = [f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in dict.fromkeys([*settings, *stored])
+               if stored.get(k) != settings.get(k)]
     if changed:
         hint = " (the target's files changed)" if any(c.startswith("target_fingerprint") for c in changed) else ""
         raise ValueError(f"--out: {out_path!r} was made with different settings{hint}: {'; '.join(changed)}; "

@@ -114,9 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print("eagle-ext export: error: --check DIR takes no SRC, --format, --out or --no-embeddings",
                   file=sys.stderr)
             return 2
-        from eagle_ext.serve.export import check_export
-
-        from eagle_ext.serve.export import export_engine_notes
+        from eagle_ext.serve.export import check_export, export_engine_notes
 
         problems = check_export(args.check)
         for problem in problems:

@@ -320,7 +320,6 @@ def load_target(cfg: RecipeConfig, device: torch.device):
 def build_draft(cfg: RecipeConfig, target_config, draft_vocab_size: int | None):
     """The draft sized from the target config (on the current default device, fp32)."""
     from eagle_ext.models import Eagle3DraftModel
-
     from eagle_ext.train.target_checks import draft_num_layers, draft_shape_kwargs
 
     if cfg.algorithm == "eagle3":
