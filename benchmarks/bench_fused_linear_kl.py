@@ -3,9 +3,12 @@
 Implementations: ``reference`` (fp32 linear -> log_softmax -> soft-CE; the baseline of the ratios on CPU),
 ``chunked`` (torch autograd.Function over row chunks), ``compile`` (``torch.compile`` of the reference;
 skipped with a note if it fails or exceeds ``--compile-timeout``), and on CUDA ``eager_bf16`` (the usual
-torch recipe: linear in bf16, then ``.float()``; the baseline of the ratios on CUDA), ``triton`` and
+torch recipe: linear in bf16, then ``.float()``; the baseline of the ratios on CUDA), ``gemm`` (the
+gradient-in-forward path: cuBLAS logits per row chunk, the Triton row kernel, cuBLAS dH / dW; the CUDA
+default; on CPU it runs with the row kernel's torch twin), ``triton`` (the recompute kernel) and
 ``triton_offset`` (TTT loop only: one shared target read with ``row_offset=k``, as the EAGLE-3 trainer
-calls it).
+calls it). Issue #20's goal for ``gemm`` at the CUDA shape: >= 1.3x faster than ``eager_bf16`` and <= 1/5
+of its peak memory (``time_vs_ref`` <= 0.77, ``peak_vs_ref`` <= 0.2 in the table).
 
 Cases:
 - CPU: N=4096, H=1024, Vd=32000, fp32 (targets: chunked peak <= 1/4 of the reference, time <= 1.25x).
@@ -13,9 +16,11 @@ Cases:
   weights 0.8^k, one backward). Every TTT call gets its own target tensor, as a trainer that shifts its
   target per step would (one shared tensor would hide per-call copies kept for backward), except
   ``triton_offset``. TFLOP/s use the 3-GEMM lower bound 6·N·H·Vd per call (forward logits, dH, dW); the
-  fused paths (triton, chunked) execute 8·N·H·Vd (they recompute the logits in backward), also reported. Before timing,
-  the Triton loss and gradients are checked against the fp32 reference at the full shape (the bf16 eager
-  recipe's errors printed beside them), and the autotuner's chosen configs are printed.
+  recompute paths (triton, chunked) execute 8·N·H·Vd (they recompute the logits in backward), also
+  reported; gemm executes the bound. Rows are measured most valuable first (eager_bf16, gemm, triton, then
+  the slow references) and written as they land. Before timing, the gemm and Triton losses and gradients
+  are checked against the fp32 reference at the full shape (the bf16 eager recipe's errors printed beside
+  them), and the autotuner's chosen configs are printed.
 
 Usage: ``python -m benchmarks.bench_fused_linear_kl [--quick] [--no-compile] [--device cpu|cuda]``.
 """
@@ -28,7 +33,7 @@ import signal
 
 import torch
 
-from benchmarks._common import fmt_bytes, measure, print_table, write_results
+from benchmarks._common import PartialResults, fmt_bytes, measure, print_table
 from eagle_ext.ops.linear_kl import fused_linear_kl, fused_linear_kl_reference
 
 
@@ -120,7 +125,7 @@ def check_correctness(*, n, h, v, dtype, seed=1):
     dev = torch.device("cuda")
     weight, (hidden,), (probs,), mask = _inputs(n, h, v, getattr(torch, dtype), dev, 1, seed, shared_target=True)
     out = {}
-    for impl in ("reference", "eager_bf16", "triton"):
+    for impl in ("reference", "eager_bf16", "gemm", "triton"):
         weight.grad = hidden.grad = None
         loss = _loss_fn(impl, weight, mask)(hidden, probs, 0)
         loss.backward()
@@ -136,16 +141,35 @@ def check_correctness(*, n, h, v, dtype, seed=1):
     }
     for impl, err in errors.items():
         print(f"  correctness {impl} vs fp32 reference (max rel err): " + ", ".join(f"{k} {e:.2e}" for k, e in err.items()))
-    bad = {k: e for k, e in errors["triton"].items() if e > 2e-2}
-    if bad:
-        raise RuntimeError(f"triton disagrees with the fp32 reference at N={n} H={h} Vd={v}: {bad}")
+    for impl in ("gemm", "triton"):
+        bad = {k: e for k, e in errors[impl].items() if e > 2e-2}
+        if bad:
+            raise RuntimeError(f"{impl} disagrees with the fp32 reference at N={n} H={h} Vd={v}: {bad}")
     return errors
 
 
-def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_timeout=600):
-    """Measure every impl on one shape; return (table rows, notes about skipped impls)."""
+def _derive(r, base, *, n, h, v, steps):
+    """Add the display and ratio fields of one measured row (``base``: the baseline row or None)."""
+    flops_min = 6.0 * n * h * v * steps
+    r["time_ms"] = r["seconds"] * 1e3
+    r["time"] = f"{r['time_ms']:.1f} ms"
+    r["peak"] = fmt_bytes(r["peak_bytes"])
+    r["time_vs_ref"] = r["seconds"] / base["seconds"] if base else float("nan")
+    r["peak_vs_ref"] = r["peak_bytes"] / base["peak_bytes"] if base and base["peak_bytes"] else float("nan")
+    r["tflops_6nhv"] = flops_min / r["seconds"] / 1e12
+    # the recompute paths recompute the logits in backward: 4 GEMMs of N·H·Vd instead of 3
+    recompute = r["impl"] in ("triton", "triton_offset", "chunked")
+    r["tflops_executed"] = flops_min * (8 / 6 if recompute else 1.0) / r["seconds"] / 1e12
+    return r
+
+
+def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_timeout=600, out=None):
+    """Measure every impl on one shape, in the order given (the baseline first); return (table rows, notes
+    about skipped impls). With ``out`` (a ``PartialResults``) every row and note is written as it comes."""
     print(f"\n# {title}: N={n} H={h} Vd={v} {dtype} on {device}, {steps} call(s) per fwd+bwd", flush=True)
     rows, notes = [], []
+    baseline = "eager_bf16" if device == "cuda" else "reference"
+    base = None
     for impl in impls:
         try:
             r = measure(
@@ -166,34 +190,30 @@ def bench(title, *, n, h, v, dtype, device, impls, steps=1, repeat=3, compile_ti
             note = f"{title}: {impl} skipped ({exc})"
             print(note, flush=True)
             notes.append(note)
+            if out is not None:
+                out.add("notes", note)
             if device == "cuda":
                 torch.cuda.empty_cache()
             continue
-        print(f"  {impl}: {r['seconds'] * 1e3:.1f} ms, peak {fmt_bytes(r['peak_bytes'])}", flush=True)
-        rows.append({"case": title, "impl": impl, **r})
+        row = {"case": title, "impl": impl, **r}
+        if impl == baseline:
+            base = row
+        rows.append(_derive(row, base, n=n, h=h, v=v, steps=steps))
+        print(f"  {impl}: {r['seconds'] * 1e3:.1f} ms, peak {fmt_bytes(r['peak_bytes'])}, "
+              f"time x{row['time_vs_ref']:.3f}, peak x{row['peak_vs_ref']:.3f} vs {baseline}", flush=True)
         if device == "cuda":
             if impl.startswith("triton"):
                 from eagle_ext.ops.triton.linear_kl import chosen_configs
 
-                rows[-1]["autotune"] = chosen_configs()
-                print(f"  {impl} autotune: {rows[-1]['autotune']}", flush=True)
+                row["autotune"] = chosen_configs()
+                print(f"  {impl} autotune: {row['autotune']}", flush=True)
             torch.cuda.empty_cache()
-    baseline = "eager_bf16" if device == "cuda" else "reference"
-    ref = next((r for r in rows if r["impl"] == baseline), None)
-    flops_min = 6.0 * n * h * v * steps
-    for r in rows:
-        r["time_ms"] = r["seconds"] * 1e3
-        r["time"] = f"{r['time_ms']:.1f} ms"
-        r["peak"] = fmt_bytes(r["peak_bytes"])
-        r["time_vs_ref"] = r["seconds"] / ref["seconds"] if ref else float("nan")
-        r["peak_vs_ref"] = r["peak_bytes"] / ref["peak_bytes"] if ref and ref["peak_bytes"] else float("nan")
-        r["tflops_6nhv"] = flops_min / r["seconds"] / 1e12
-        # the fused paths recompute the logits in backward: 4 GEMMs of N·H·Vd instead of 3
-        recompute = r["impl"] in ("triton", "triton_offset", "chunked")
-        r["tflops_executed"] = flops_min * (8 / 6 if recompute else 1.0) / r["seconds"] / 1e12
+        if out is not None:
+            out.add("rows", row)
     return rows, notes
 
 
+CUDA_FAST_IMPLS = ["eager_bf16", "gemm", "triton"]
 COLUMNS = ["case", "impl", "time", "time_vs_ref", "peak", "peak_vs_ref", "tflops_6nhv", "tflops_executed"]
 
 
@@ -210,40 +230,27 @@ def main(argv=None):
         print("note: torch.compile(reference) skipped (--no-compile)", flush=True)
     repeat = 1 if args.quick else 3
     common = dict(device=device, repeat=repeat, compile_timeout=args.compile_timeout)
-    results, notes = [], []
-    if device == "cpu":
-        shape = dict(n=256, h=128, v=2000) if args.quick else dict(n=4096, h=1024, v=32000)
-        rows, skipped = bench(
-            "cpu", **shape, dtype="float32", impls=["reference", "chunked", *compile_impl], **common
-        )
-        results += rows
-        notes += skipped
-    else:
-        shape = dict(n=1024, h=512, v=4000) if args.quick else dict(n=8192, h=4096, v=32000)
-        correctness = check_correctness(**shape, dtype="bfloat16")
-        impls = ["eager_bf16", "reference", "chunked", *compile_impl, "triton"]
-        for title, steps in (("cuda", 1), ("cuda_ttt7", 7)):
-            case_impls = impls + (["triton_offset"] if steps > 1 else [])
-            rows, skipped = bench(title, **shape, dtype="bfloat16", impls=case_impls, steps=steps, **common)
-            results += rows
-            notes += skipped
-    print()
     baseline = "eager_bf16" if device == "cuda" else "reference"
-    table = print_table(results, COLUMNS, title=f"fused_linear_kl fwd+bwd ({device}; ratios vs {baseline})")
-    for note in notes:
-        print(note)
-    write_results(
-        "fused_linear_kl" + ("_quick" if args.quick else ""),
-        {
-            "rows": results,
-            "notes": notes,
-            "table": table,
-            "flop_count": "6*N*H*Vd per call (3-GEMM lower bound)",
-            "ratio_baseline": baseline,
-            **({"correctness_max_rel_err_vs_fp32_reference": correctness} if device == "cuda" else {}),
-        },
-        device=device,
-    )
+    name = "fused_linear_kl" + ("_quick" if args.quick else "")
+    with PartialResults(name, device, rows=[], notes=[], ratio_baseline=baseline,
+                        flop_count="6*N*H*Vd per call (3-GEMM lower bound)") as out:
+        if device == "cpu":
+            shape = dict(n=256, h=128, v=2000) if args.quick else dict(n=4096, h=1024, v=32000)
+            bench("cpu", **shape, dtype="float32", impls=["reference", "chunked", "gemm", *compile_impl], out=out,
+                  **common)
+        else:
+            shape = dict(n=1024, h=512, v=4000) if args.quick else dict(n=8192, h=4096, v=32000)
+            out.update(correctness_max_rel_err_vs_fp32_reference=check_correctness(**shape, dtype="bfloat16"))
+            # most valuable first: the baseline and the fused paths, then the slower references
+            impls = [*CUDA_FAST_IMPLS, "reference", "chunked", *compile_impl]
+            for title, steps in (("cuda", 1), ("cuda_ttt7", 7)):
+                case_impls = impls[:len(CUDA_FAST_IMPLS)] + (["triton_offset"] if steps > 1 else []) + impls[len(CUDA_FAST_IMPLS):]
+                bench(title, **shape, dtype="bfloat16", impls=case_impls, steps=steps, out=out, **common)
+        print()
+        table = print_table(out.payload["rows"], COLUMNS, title=f"fused_linear_kl fwd+bwd ({device}; ratios vs {baseline})")
+        for note in out.payload["notes"]:
+            print(note)
+        out.update(table=table)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks._common import fmt_bytes, measure, print_table, write_results
+from benchmarks._common import PartialResults, fmt_bytes, measure, print_table
 
 
 def step_case(seq_length: int, batch: int, hidden: int, layers: int, vocab: int, draft_vocab: int,
@@ -70,23 +70,23 @@ def main() -> None:
         shape = dict(seq_length=256, batch=1, hidden=128, layers=2, vocab=2048, draft_vocab=1024, num_depths=8)
     else:
         shape = dict(seq_length=1024, batch=1, hidden=256, layers=2, vocab=8192, draft_vocab=4096, num_depths=8)
-    rows = []
-    for segments in (1, 2, 4):
-        res = measure(step_case, device=args.device, warmup=1, repeat=1 if args.quick else 2,
-                      segments=segments, on=args.device, **shape)
-        tokens = shape["batch"] * shape["seq_length"]
-        rows.append({"partitions": segments, "step s": res["seconds"], "tokens/s": tokens / res["seconds"],
-                     "peak": fmt_bytes(res["peak_bytes"]), "peak_bytes": res["peak_bytes"]})
-    base = rows[0]
-    for row in rows:
-        row["time vs flat"] = row["step s"] / base["step s"]
-        row["memory vs flat"] = row["peak_bytes"] / max(base["peak_bytes"], 1)
     title = ("P-EAGLE step, L={seq_length}, B={batch}, H={hidden}, {layers} layers, K={num_depths}, "
              "Vd={draft_vocab}").format(**shape)
-    table = print_table(rows, ["partitions", "step s", "tokens/s", "peak", "time vs flat", "memory vs flat"],
-                        title=title)
-    write_results("peagle_step", {"shape": shape, "rows": rows, "table": table}, device=args.device)
-
+    # each partition count is written as it lands: a run stopped early (SIGINT) keeps what it measured
+    with PartialResults("peagle_step", args.device, shape=shape, rows=[]) as out:
+        rows = out.payload["rows"]
+        for segments in (1, 2, 4):
+            res = measure(step_case, device=args.device, warmup=1, repeat=1 if args.quick else 2,
+                          segments=segments, on=args.device, **shape)
+            tokens = shape["batch"] * shape["seq_length"]
+            row = {"partitions": segments, "step s": res["seconds"], "tokens/s": tokens / res["seconds"],
+                   "peak": fmt_bytes(res["peak_bytes"]), "peak_bytes": res["peak_bytes"]}
+            row["time vs flat"] = row["step s"] / rows[0]["step s"] if rows else 1.0
+            row["memory vs flat"] = row["peak_bytes"] / max(rows[0]["peak_bytes"], 1) if rows else 1.0
+            out.add("rows", row)
+        table = print_table(rows, ["partitions", "step s", "tokens/s", "peak", "time vs flat", "memory vs flat"],
+                            title=title)
+        out.update(table=table)
 
 if __name__ == "__main__":
     main()

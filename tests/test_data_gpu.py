@@ -49,6 +49,7 @@ def test_nccl_counts_and_cache_broadcast(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("packed", [0, 96])
 def test_forkserver_workers_with_pinned_memory(packed):
+    pytest.importorskip("datasets")  # the loader tokenises through datasets.map
     tok = build_tokenizer("llama3")
     kwargs = {"shuffle": False, "packed_sequence_size": packed, "show_progress": False}
     workers = build_eagle3_dataloader(ROWS, tok, 48, 4, num_workers=2, **kwargs)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 
-from eagle_ext.data.sources import load_chat_source, source_rows_from_batch
+datasets = pytest.importorskip("datasets")  # optional on the GPU check machine
+
+from eagle_ext.data.sources import load_chat_source, source_rows_from_batch  # noqa: E402
 
 ROWS = [
     {

@@ -67,14 +67,20 @@ def _metrics_log(path, algorithm: str, steps: int) -> str:
     return str(path)
 
 
-def _report(tmp_path, live_algorithm: str = "eagle3") -> dict:
+def _report(tmp_path, live_algorithm: str = "eagle3", vllm: bool = False) -> dict:
     reports = _tiny_reports(tmp_path, live_algorithm)
+    vllm_reports = None
+    if vllm:  # the vLLM evaluation's reports have the same schema (plus engine / vllm_version)
+        vllm_reports = copy.deepcopy(reports)
+        for r in vllm_reports.values():
+            r["settings"].update(engine="vllm", vllm_version="0.32.0")
     drafts = {name: {"algorithm": reports[name]["settings"]["algorithm"], "path": str(tmp_path / name),
                      "format": "sglang", "metrics": _metrics_log(tmp_path / f"{name}.jsonl", "eagle3", 3),
                      "training": {"steps": 3}} for name in DRAFT_NAMES}
     return build_report(target={"name": "tiny", "path": str(tmp_path)}, device="cpu", dtype="float64", threads=1,
                         settings={"num_prompts": 2, "max_new_tokens": 8}, phases={"setup": 0.5, "evaluation": 1.25},
-                        files={"report.json": str(tmp_path / "report.json")}, drafts=drafts, evaluations=reports)
+                        files={"report.json": str(tmp_path / "report.json")}, drafts=drafts, evaluations=reports,
+                        vllm_evaluations=vllm_reports)
 
 
 @pytest.mark.parametrize("live_algorithm", ALGORITHMS)
@@ -102,11 +108,31 @@ def test_report_from_real_evaluator_reports_fits_the_schema(tmp_path, live_algor
     table = format_report_table(report).splitlines()
     assert table[0].startswith("tiny (float64, cpu, 1 threads): 2 held-out prompts, up to 8 new tokens")
     rows = [line.split() for line in table[3:-1]]
-    assert [(r[0], r[3]) for r in rows] == [(n, str(k)) for n in DRAFT_NAMES for k in KS]
+    assert [(r[0], r[3], r[4]) for r in rows] == [(n, "eagle_ext", str(k)) for n in DRAFT_NAMES for k in KS]
+    assert report["vllm"] is None and "vllm_by_k" not in report["drafts"]["live"]
     assert table[-1] == "phases: setup 0.5 s | evaluation 1.2 s | total 1.8 s"
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot_report(report, tmp_path / "report.png")
         assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_with_the_vllm_evaluation(tmp_path):
+    report = _report(tmp_path, vllm=True)
+    check_report(json.loads(json.dumps(report)))
+    assert report["vllm"] == {"version": "0.32.0", "device": "cpu"}
+    assert report["drafts"]["live"]["vllm_by_k"] == report["drafts"]["live"]["by_k"]
+    table = format_report_table(report).splitlines()
+    assert "engines: eagle_ext's decoder and vLLM 0.32.0" in table[0]
+    rows = [line.split() for line in table[3:-1]]
+    assert [(r[0], r[3], r[4]) for r in rows] == [(n, e, str(k)) for n in DRAFT_NAMES for e in ("eagle_ext", "vLLM")
+                                                  for k in KS]
+    broken = copy.deepcopy(report)
+    broken["drafts"]["reference"]["vllm_by_k"]["2"]["per_position_acceptance"].append(0.5)
+    with pytest.raises(ValueError, match=r"\['reference'\]\['vllm_by_k'\]\['2'\]\['per_position_acceptance'\]"):
+        check_report(broken)
+    broken["drafts"]["reference"]["vllm_by_k"] = {}
+    with pytest.raises(ValueError, match=r"\['vllm_by_k'\] must be a non-empty mapping"):
+        check_report(broken)
 
 
 def test_broken_reports_are_refused_by_name(tmp_path):

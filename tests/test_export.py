@@ -190,7 +190,7 @@ def test_fc_norm_and_norm_output_round_trip_in_speculators(tmp_path):
 
 
 def test_attention_bias_round_trips_in_speculators(tmp_path):
-    draft = _draft(config=_target_config(attention_bias=True))
+    draft = _draft(config=_target_config(attention_bias=True), bias=True)
     out = _export(draft, tmp_path / "x", dtype="fp32")
     assert _config(out)["transformer_layer_config"]["attention_bias"] is True
     assert "layers.0.self_attn.q_proj.bias" in load_file(os.path.join(out, "model.safetensors"))
@@ -500,7 +500,7 @@ def test_export_rejects_a_format_that_cannot_hold_the_draft(tmp_path):
     with pytest.raises(ValueError, match="norm_output"):
         _export(_draft(norm_output=True), tmp_path / "x", "sglang")
     with pytest.raises(ValueError, match="biases"):
-        _export(_draft(config=_target_config(attention_bias=True)), tmp_path / "x", "sglang")
+        _export(_draft(config=_target_config(attention_bias=True), bias=True), tmp_path / "x", "sglang")
     with pytest.raises(TypeError, match="Eagle3DraftModel"):
         export_draft(torch.nn.Linear(2, 2), tmp_path / "x", format="speculators", aux_layer_ids=AUX)
     assert not os.path.exists(tmp_path / "x")

@@ -1,8 +1,8 @@
 """Development-time compatibility check (marker ``compat``, not CI): the real speculators 0.9.0 and specforge 0.2.0
 load our exports with their own ``from_pretrained`` and compute the same logits as our reloaded draft.
 
-They live in a separate venv built by ``bash ../shared/tools/peer-libs.sh`` (``$EAGLE_PEER_VENV``, default
-``~/.cache/eagle-peer-libs/venv``); without it every test here is skipped. One subprocess of that venv's python
+They live in a separate venv built by ``bash tools/peer-libs.sh`` (``$EAGLE_EXT_PEER_VENV``, default
+``~/.cache/eagle-peer-libs/venv``; see :mod:`tests.peer_env`); without it every test here is skipped. One subprocess of that venv's python
 loads every export (its imports take the time), writes the peer logits and what the peer read from the config,
 and each case is then compared here.
 
@@ -14,7 +14,6 @@ specforge's P-EAGLE runs a parallel block (mask tokens + ``mask_hidden``) throug
 dense mask our draft uses. ``TORCHDYNAMO_DISABLE=1`` keeps their compiled helpers eager on CPU.
 """
 
-import glob
 import json
 import os
 import subprocess
@@ -26,24 +25,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from eagle_ext.models import Eagle3DraftModel
 from eagle_ext.serve import export_draft, load_exported_draft
+from tests.peer_env import peer_venv, peer_venv_ready, skip_reason
 
 pytestmark = [pytest.mark.compat, pytest.mark.slow]  # about 2 minutes (the peer imports)
 
-PEER_VENV = os.environ.get("EAGLE_PEER_VENV", os.path.expanduser("~/.cache/eagle-peer-libs/venv"))
+PEER_VENV = peer_venv()
 PEER_PYTHON = os.path.join(PEER_VENV, "bin", "python")
 
-
-def _peer_venv_ready() -> bool:
-    if not os.access(PEER_PYTHON, os.X_OK):
-        return False
-    site = glob.glob(os.path.join(PEER_VENV, "lib", "python*", "site-packages"))
-    return bool(site) and all(os.path.isdir(os.path.join(site[0], f"{name}.dist-info"))
-                              for name in ("speculators-0.9.0", "specforge-0.2.0"))
-
-
-if not _peer_venv_ready():
-    pytest.skip(f"no peer-libs venv with speculators 0.9.0 and specforge 0.2.0 at {PEER_VENV} (build it with "
-                "`bash ../shared/tools/peer-libs.sh`)", allow_module_level=True)
+if not peer_venv_ready(PEER_VENV):
+    pytest.skip(skip_reason(PEER_VENV), allow_module_level=True)
 
 PEER_SCRIPT = r'''
 import json, os, sys, warnings

@@ -24,7 +24,7 @@ from eagle_ext.ops.linear_kl import (
     triton_dot_dtype,
 )
 
-FUSED_IMPLS = ["chunked", "triton"]
+FUSED_IMPLS = ["chunked", "triton", "gemm"]
 TOL = {torch.float32: dict(atol=1e-5, rtol=5e-4), torch.float16: dict(atol=2e-3, rtol=2e-3)}
 GRAD_SCALE = 3.0
 
@@ -152,7 +152,9 @@ def test_argmax_ties_take_lowest_index(impl, logits, n):
     # columns 5 and 200 (and 7 and 250) tie exactly and lie in different vocab tiles; with 37 rows the
     # Triton forward puts them in different vocab splits, with 256 rows in different tiles of one split
     h, v = 40, 300
-    hidden = torch.rand(n, h) + 0.5
+    # small integers: the tied logits are exact in fp32 whatever order a dot sums in (the interpreter's
+    # tile products are BLAS calls whose rounding may differ between tile positions)
+    hidden = torch.randint(1, 3, (n, h)).float()
     weight = torch.randn(v, h) * 0.05
     weight[5] = weight[200] = torch.ones(h)
     t = torch.randn(n, v) * 0.1
@@ -173,10 +175,11 @@ def test_grad_output_scaling(impl):
 
 
 @pytest.mark.parametrize(
-    ("impl", "chunk_size"), [("chunked", 1), ("chunked", 16), ("triton", 128), ("triton", 512)]
+    ("impl", "chunk_size"),
+    [("chunked", 1), ("chunked", 16), ("triton", 128), ("triton", 512), ("gemm", 1), ("gemm", 16)],
 )
 def test_chunk_sizes(impl, chunk_size):
-    # chunked: rows per chunk (1 / 16 of 37 rows); triton: vocab columns per backward chunk (3 chunks / 1)
+    # chunked / gemm: rows per chunk (1 / 16 of 37 rows); triton: vocab columns per backward chunk (3 / 1)
     hidden, weight, mask, target = make_case("random", logits=True)
     assert_matches_reference(impl, hidden, weight, mask, target, mode="kl", chunk_size=chunk_size)
 
@@ -278,7 +281,7 @@ def test_row_offset_equals_a_shifted_zero_filled_target(impl, logits, k, seq_len
     (name, t), = target.items()
     shifted, shifted_mask = _shifted_oracle(t, mask, k, seq_len or 39)
     ref, ref_dh, ref_dw = run("reference", hidden, weight, shifted_mask, {name: shifted}, mode="kl")
-    kwargs = dict(chunk_size=16) if impl == "chunked" else {}
+    kwargs = dict(chunk_size=16) if impl in ("chunked", "gemm") else {}
     res, dh, dw = run(impl, hidden, weight, mask, target, mode="kl", row_offset=k, seq_len=seq_len, **kwargs)
     torch.testing.assert_close(res.loss, ref.loss, **TOL[torch.float32])
     torch.testing.assert_close(dh, ref_dh, **TOL[torch.float32])
@@ -374,7 +377,7 @@ def test_targets_get_no_gradient():
     hidden, weight, mask, target = make_case("random")
     p = target["target_probs"].clone().requires_grad_()
     h = hidden.clone().requires_grad_()
-    for impl in ["reference", "chunked"]:
+    for impl in ["reference", "chunked", "gemm"]:
         fused_linear_kl(h, weight, mask, target_probs=p, impl=impl).loss.backward()
         assert p.grad is None
 
@@ -428,6 +431,145 @@ def test_validation_errors(kwargs, exc, match, impl):
     kwargs = {"impl": impl, **kwargs}
     with pytest.raises(exc, match=match):
         fused_linear_kl(kwargs.pop("hidden"), kwargs.pop("weight"), kwargs.pop("mask"), **kwargs)
+
+
+def test_cuda_autotune_configs_fit_the_register_budget():
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl")
+    for config in [*kernels.CUDA_FWD_CONFIGS, *kernels.CUDA_BWD_CONFIGS]:
+        # one fp32 logits tile per thread at most 64 registers: three live tiles stay under 255
+        assert kernels.tile_registers_per_thread(config) <= kernels.MAX_TILE_REGISTERS_PER_THREAD, config
+        kw = config.kwargs
+        smem = config.num_stages * (kw["BLOCK_N"] + kw["BLOCK_V"]) * kw["BLOCK_H"] * 2
+        assert smem <= 160 * 1024, config  # fits an A100 / H100 / H200 SM with room for the epilogue
+
+
+def test_autotune_trim_drops_spilling_configs_and_honours_the_env_limit(monkeypatch):
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl")
+    configs = kernels._configs([(128, 256, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4)])
+    monkeypatch.delenv("EAGLE_EXT_AUTOTUNE_CONFIGS", raising=False)
+    kept = kernels._trim(configs)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_V"], c.num_warps) for c in kept] == [(128, 128, 8), (64, 128, 4)]
+    monkeypatch.setenv("EAGLE_EXT_AUTOTUNE_CONFIGS", "1")
+    assert kernels._trim(configs) == kept[:1]
+    monkeypatch.setenv("EAGLE_EXT_AUTOTUNE_CONFIGS", "zero")
+    with pytest.raises(ValueError, match="EAGLE_EXT_AUTOTUNE_CONFIGS must be an int >= 1, got 'zero'"):
+        kernels._trim(configs)
+
+
+
+# --- the gemm path's row kernel (Triton, interpreted in fp32) against its torch twin ------------------
+
+
+def _rows_case(kind, *, m=37, v=300, logits=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, v, generator=g) * 3.0
+    t = torch.randn(m, v, generator=g) * 2.0
+    if kind == "ties":
+        z[:, 5] = z[:, v - 1] = z.max() + 1.0  # the max twice (v = 300: in different tiles): lowest wins
+        z[3] = 0.0  # a whole row tied
+        t[:, 7] = t[:, v - 1] = t.max() + 1.0
+    target = t if logits else torch.softmax(t, -1) * (torch.rand(m, 1, generator=g) * 2.0)
+    if kind == "zero_rows" and not logits:
+        target[::4] = 0.0  # empty targets: Σp = 0
+    if kind == "neg_inf_logits" and logits:
+        target[:, 100:] = float("-inf")  # the draft vocab masked out of the target
+    keep = torch.rand(m, generator=g) > 0.3
+    if kind == "all_masked":
+        keep[:] = False
+    return z, target, keep
+
+
+def _run_rows(fn, z, target, keep, *, r0=0, n=None, **kw):
+    n = n or z.shape[0] + r0
+    out = (torch.full((n,), float("nan")), torch.full((n,), -1, dtype=torch.int64), torch.full((n,), -1, dtype=torch.int64))
+    dz = torch.full_like(z, float("nan"))
+    full_keep = torch.zeros(n, dtype=torch.uint8)
+    full_keep[r0 : r0 + z.shape[0]] = keep.to(torch.uint8)
+    fn(z, target, full_keep, dz, *out, r0=r0, **kw)
+    return (*(o[r0 : r0 + z.shape[0]] for o in out), dz)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kl", "v"),
+    [("random", False, 300), ("random", True, 300), ("random", True, 128), ("random", True, 1),
+     ("ties", True, 300), ("ties", False, 128), ("zero_rows", True, 300), ("neg_inf_logits", True, 300),
+     ("all_masked", True, 300)],
+)  # v = 300: three tiles with a tail; 128: exactly one tile; 1: a single column
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_gemm_row_kernel_matches_its_torch_twin(kind, logits, kl, v):
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl_rows")
+    z, target, keep = _rows_case(kind, v=v, logits=logits)
+    kw = dict(is_logits=logits, kl=kl, row_offset=0, seq_len=z.shape[0])
+    ours = _run_rows(kernels.rows, z, target, keep, **kw)
+    twin = _run_rows(linear_kl._rows_torch, z, target, keep, **kw)
+    for name, a, b in zip(("row_loss", "draft_argmax", "target_argmax", "dz"), ours, twin):
+        if name == "row_loss":  # rows outside keep may be non-finite (an all -inf target): not used
+            a, b = a[keep], b[keep]
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b), name
+        else:
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=name)
+    assert not ours[3][~keep].any()  # exact zeros, also where the target is non-finite
+    if kind == "ties":
+        assert (ours[1][torch.arange(37) != 3] == 5).all() and ours[1][3] == 0 and (ours[2] == 7).all()
+
+
+@pytest.mark.parametrize("logits", [False, True], ids=["probs", "logits"])
+def test_gemm_row_kernel_reads_offset_targets_of_later_chunks(logits):
+    # a chunk of rows 26..38 of N = 39 (3 sequences of 13) read at row offset 4: rows past their sequence's
+    # end read a zero target; fp16 dz output (the GEMM dtype) from fp32 logits
+    kernels = pytest.importorskip("eagle_ext.ops.triton.linear_kl_rows")
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(13, 300, generator=g)
+    target = torch.randn(39, 300, generator=g)
+    target = target if logits else torch.softmax(target, -1)
+    keep = torch.ones(13, dtype=torch.bool)
+    keep[-4:] = False  # what _validate removes: rows without an offset target
+    kw = dict(is_logits=logits, kl=True, row_offset=4, seq_len=13, r0=26, n=39)
+    ours = _run_rows(kernels.rows, z, target, keep, **kw)
+    twin = _run_rows(linear_kl._rows_torch, z, target, keep, **kw)
+    torch.testing.assert_close(ours[0][:-4], twin[0][:-4], atol=2e-5, rtol=2e-5)
+    assert torch.equal(ours[1], twin[1]) and torch.equal(ours[2][:-4], twin[2][:-4])
+    torch.testing.assert_close(ours[3], twin[3], atol=2e-6, rtol=2e-5)
+    dz16 = torch.empty(13, 300, dtype=torch.float16)
+    full_keep = torch.zeros(39, dtype=torch.uint8)
+    full_keep[26:] = keep.to(torch.uint8)
+    kernels.rows(z, target, full_keep, dz16, torch.empty(39), torch.empty(39, dtype=torch.int64),
+                 torch.empty(39, dtype=torch.int64), is_logits=logits, kl=True, row_offset=4, seq_len=13, r0=26)
+    torch.testing.assert_close(dz16.float(), ours[3], atol=1e-3, rtol=1e-3)
+
+
+def test_gemm_path_off_cuda_uses_the_torch_twin_and_matches_the_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no kernel: the twin runs the rows
+    assert linear_kl._row_kernel(torch.device("cpu")) is linear_kl._rows_torch
+    for logits in (False, True):
+        hidden, weight, mask, target = make_case("random", logits=logits)
+        assert_matches_reference("gemm", hidden, weight, mask, target, mode="kl", chunk_size=10)
+
+
+def test_gemm_backward_runs_once_and_scales_the_forward_gradients():
+    hidden, weight, mask, target = make_case("random")
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fused_linear_kl(h, w, mask, **target, impl="gemm").loss
+    (loss * 2.0).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+    _, dh, dw = run("reference", hidden, weight, mask, target, mode="soft_ce", scale=2.0)
+    torch.testing.assert_close(h.grad, dh, **TOL[torch.float32])
+    torch.testing.assert_close(w.grad, dw, **TOL[torch.float32])
+
+
+def test_weight_cast_is_made_once_per_weight_version():
+    weight = torch.randn(30, 8, requires_grad=True)
+    first = linear_kl.cast_weight_cached(weight, torch.float16)
+    assert linear_kl.cast_weight_cached(weight, torch.float16) is first  # the same step: reused
+    with torch.no_grad():
+        weight.add_(1.0)  # an optimiser step bumps the version counter
+    second = linear_kl.cast_weight_cached(weight, torch.float16)
+    assert second is not first and torch.equal(second, weight.detach().half())
+    other = torch.randn(30, 8)  # another tensor never gets this one's cast
+    assert torch.equal(linear_kl.cast_weight_cached(other, torch.float16), other.half())
+    assert linear_kl.cast_weight_cached(weight, torch.float32).data_ptr() == weight.data_ptr()  # no cast needed
 
 
 # --- GPU parity (bf16 needs real hardware: the interpreter's bf16 arithmetic is wrong) -------------
@@ -538,3 +680,39 @@ def test_gpu_autocast_runs_fp32_inputs_in_bf16_without_copying_the_weight(monkey
     torch.testing.assert_close(res.loss, ref.loss, atol=5e-3, rtol=1e-3)
     torch.testing.assert_close(dh, ref_dh.float(), atol=5e-3, rtol=5e-2)
     torch.testing.assert_close(dw, ref_dw.float(), atol=5e-3, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gemm_mid_shape_with_row_offset_and_autocast_master_weight(dtype):
+    # the gemm path (cuBLAS logits, Triton rows, cuBLAS dH / dW into fp32) at a mid shape with several row
+    # chunks, row offset 3 over 4 sequences of 250 rows; then an fp32 master weight under bf16 autocast
+    dev = torch.device("cuda")
+    hidden, weight, mask, target = make_case("random", n=1000, h=520, v=4001, dtype=dtype, logits=True, seed=11)
+    (name, t), = target.items()
+    shifted, shifted_mask = _shifted_oracle(t, mask, 3, 250)
+    hidden, weight, mask, shifted_mask = hidden.to(dev), weight.to(dev), mask.to(dev), shifted_mask.to(dev)
+    with _cuda_tf32(False):
+        ref, ref_dh, ref_dw = run("reference", hidden, weight, shifted_mask, {name: shifted.to(dev)}, mode="kl")
+        res, dh, dw = run("gemm", hidden, weight, mask, {name: t.to(dev)}, mode="kl", row_offset=3, seq_len=250,
+                          chunk_size=192)
+    tol = dict(atol=1e-4, rtol=5e-4) if dtype == torch.float32 else dict(atol=5e-3, rtol=5e-2)
+    torch.testing.assert_close(res.loss, ref.loss, **(tol if dtype == torch.float32 else dict(atol=5e-3, rtol=1e-3)))
+    torch.testing.assert_close(dh.float(), ref_dh.float(), **tol)
+    torch.testing.assert_close(dw.float(), ref_dw.float(), **tol)
+    assert torch.equal(res.target_argmax, ref.target_argmax)
+    assert (res.draft_argmax == ref.draft_argmax).float().mean() > 0.99
+    if dtype == torch.float32:
+        master = weight.clone().requires_grad_()
+        h = hidden.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = fused_linear_kl(h, master, mask, target_logits=t.to(dev), mode="kl", impl="gemm")
+            cast = linear_kl.cast_weight_cached(master, torch.bfloat16)
+            assert linear_kl.cast_weight_cached(master, torch.bfloat16) is cast  # cast once per weight version
+        got.loss.backward()
+        assert master.grad.dtype == torch.float32 and h.grad.dtype == torch.float32
+        want, want_dh, want_dw = run("reference", hidden.bfloat16(), weight.bfloat16(), mask,
+                                     {name: t.to(dev)}, mode="kl", scale=1.0)
+        torch.testing.assert_close(got.loss, want.loss, atol=5e-3, rtol=1e-3)
+        torch.testing.assert_close(h.grad, want_dh.float(), atol=5e-3, rtol=5e-2)
+        torch.testing.assert_close(master.grad, want_dw.float(), atol=5e-3, rtol=5e-2)

@@ -289,12 +289,17 @@ def test_bad_arguments_raise_before_loading(ws, monkeypatch, bad, error, match):
     assert not os.path.exists(ws["root"] / "never")
 
 
-def test_cli_requires_paths_and_refuses_existing_shards(ws):
-    with pytest.raises(ValueError, match="--target-model is required"):
-        cli_main(["precompute", "--input-data", ws["data"], "--output-dir", str(ws["root"] / "x")])
+def test_cli_requires_paths_and_refuses_existing_shards(ws, capsys):
+    """Both are user errors: one line, exit status 2 (the exception itself with --debug)."""
+    assert cli_main(["precompute", "--input-data", ws["data"], "--output-dir", str(ws["root"] / "x")]) == 2
+    assert "eagle-ext precompute: error: --target-model is required" in capsys.readouterr().err
+    existing = ["precompute", "--target-model", ws["target"], "--input-data", ws["data"], "--output-dir",
+                ws["cache"], "--batch-size", "2", "--shard-size", "2", "--device", "cpu"]
+    assert cli_main(existing) == 2
+    err = capsys.readouterr().err
+    assert "already holds 3 shard" in err and "Traceback" not in err
     with pytest.raises(FileExistsError, match="already holds 3 shard"):
-        cli_main(["precompute", "--target-model", ws["target"], "--input-data", ws["data"], "--output-dir",
-                  ws["cache"], "--batch-size", "2", "--shard-size", "2", "--device", "cpu"])
+        cli_main([*existing, "--debug"])
 
 
 def test_check_cache_compatible(ws):

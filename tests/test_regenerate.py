@@ -260,3 +260,19 @@ def test_committed_prompt_sets_are_what_the_seeded_generator_writes():
             assert [json.loads(line) for line in f] == rows
     other_train, _ = build_prompt_sets(2000, 100, seed=1)
     assert other_train != train
+
+
+def test_settings_check_compares_the_engine_both_ways(tmp_path):
+    """An output made by vLLM (engine and dtype recorded) is not resumed by the hf engine, whose settings have
+    no engine key; an hf output with dtype auto keeps its original keys and stays resumable."""
+    from eagle_ext.data.regenerate import _check_settings
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("")
+    base = {"format": 1, "target": "/t", "max_new_tokens": 8, "temperature": 0.0, "seed": 0}
+    (tmp_path / "out.jsonl.settings.json").write_text(json.dumps({**base, "engine": "vllm", "dtype": "auto"}))
+    with pytest.raises(ValueError, match=r"engine: 'vllm' -> None"):
+        _check_settings(str(out), base, also=("engine", "dtype"))
+    assert _check_settings(str(out), {**base, "engine": "vllm", "dtype": "auto"}, also=("engine", "dtype"))
+    (tmp_path / "out.jsonl.settings.json").write_text(json.dumps({**base, "progress": {"rows": 3}}))
+    assert _check_settings(str(out), base, also=("engine", "dtype"))  # other stored keys are not settings

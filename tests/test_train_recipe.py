@@ -67,6 +67,8 @@ def test_defaults_are_written_once_and_round_trip(tmp_path, tiny):
         ("checkpoint.export_formats=[specforge_peagle]", "'speculators' or 'sglang' for EAGLE-3"),
         ("algorithm=medusa", "algorithm must be one of ('eagle3', 'peagle'), got 'medusa'"),
         ("nonsense", "must look like dotted.key=value"),
+        ("train.autocast=fp16", "train.autocast must be 'auto', 'bf16' or 'none' (fp16 autocast is refused: the "
+                                "recipe has no GradScaler"),
     ],
 )
 def test_bad_config_is_rejected_before_anything_loads(tmp_path, tiny, override, message):
@@ -305,8 +307,10 @@ def test_tensorboard_receives_the_logged_scalars(tmp_path, tiny, monkeypatch):
             written.append(("closed", None))
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setattr("eagle_ext.train.config._tensorboard_available", lambda: True)
     run = str(tmp_path / "run")
     overrides = [o for o in tiny(run, "train.max_steps=2", "train.log_every_steps=1") if o != "train.tensorboard=false"]
+    overrides.append("train.tensorboard=true")
     assert main(["train", "-c", TINY["eagle3"], *overrides]) == 0
     assert written[0] == ("dir", os.path.join(run, "tensorboard")) and written[-1] == ("closed", None)
     assert {("train/loss", 1), ("train/tau_sim", 2), ("train/lr", 2), ("eval/accuracy", 2)} <= set(written)
@@ -398,6 +402,7 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
 def test_recipe_runs_on_cuda_with_bf16_autocast_and_resumes(tmp_path, tiny, algorithm):
     """On CUDA: bf16 target, fp32 master weights under bf16 autocast, fused AdamW, Triton loss / flex attention;
     the loss falls and a resumed run continues from the checkpoint."""
+    pytest.importorskip("datasets")  # the recipe tokenises its data through datasets.map
     run = str(tmp_path / "run")
     extra = ["train.device=cuda", "train.max_steps=12", "checkpoint.every_steps=6", "train.log_every_steps=3"]
     assert main(["train", "-c", TINY[algorithm], *tiny(run, *extra)]) == 0

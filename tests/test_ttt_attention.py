@@ -10,8 +10,10 @@ from eagle_ext.models.attention import (
     flex_bucket_length,
     masked_attention,
     ttt_attention,
+    ttt_attention_flex,
     ttt_attention_lean,
     ttt_attention_reference,
+    ttt_block_mask,
 )
 from eagle_ext.models.masks import block_causal_visibility, document_ids_from_seq_lens
 from eagle_ext.ops.cod import generate_cod_sample_indices
@@ -145,7 +147,27 @@ def test_lean_saves_no_quadratic_tensor_for_backward():
     eager = _largest_saved_numel(lambda: ttt_attention_reference(q, keys, values))
     lean = _largest_saved_numel(lambda: ttt_attention_lean(q, keys, values, query_chunk_size=16))
     assert eager >= quadratic
-    assert lean <= b * hkv * t * steps * d  # the stacked diagonal keys: O(T * D * k)
+    assert lean <= b * hq * t * d  # the grouped query copy; no stacked diagonal keys [B, Hkv, T, k, D]
+
+
+def test_lean_keeps_no_copy_of_the_cache_for_backward():
+    """The cache's K_1..K_k are saved by reference, never stacked: a step-k copy saved per TTT step would
+    add up to O(k^2) over the unroll. What the lean step saves beyond its inputs is the grouped query and
+    the row lse, whatever k is."""
+    b, hq, hkv, t, d = 1, 4, 2, 64, 8
+    for steps in (1, 4):
+        q, keys, values = _inputs(b, hq, hkv, t, d, steps)
+        inputs = {x.untyped_storage().data_ptr() for x in (q, *keys, *values)}
+        extra = {}
+
+        def pack(x, inputs=inputs, extra=extra):
+            if x.untyped_storage().data_ptr() not in inputs:
+                extra[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            ttt_attention_lean(q, keys, values, query_chunk_size=16)
+        assert sum(extra.values()) <= 4 * (b * hq * t * d + b * hq * t), (steps, extra)
 
 
 def test_bad_inputs_raise_with_the_value():
@@ -344,6 +366,92 @@ def test_flex_on_a_padded_block_mask_equals_the_unpadded_dense_path(block_size):
                          torch.randn(1, 2, bucket + 1, 16), padded)
 
 
+# ---------------------------------------------------------------- TTT on flex
+
+
+def _dense_flex_twin(query, key, value, block_mask, scale, enable_gqa, return_lse=False):
+    """Differentiable dense stand-in for the flex call (out and natural-log lse under the BlockMask's
+    mask_mod): lets the CPU test run ttt_attention_flex's log-space merge with gradients."""
+    b, hq, t, _ = query.shape
+    idx = torch.arange(t)
+    visible = block_mask.mask_mod(torch.arange(b)[:, None, None, None], None, idx[None, None, :, None],
+                                  idx[None, None, None, :])
+    k = key.repeat_interleave(hq // key.shape[1], dim=1)
+    v = value.repeat_interleave(hq // value.shape[1], dim=1)
+    acc = torch.promote_types(query.dtype, torch.float32)
+    scores = (query.to(acc) @ k.to(acc).transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = (torch.softmax(scores, dim=-1) @ v.to(acc)).to(query.dtype)
+    return (out, lse) if return_lse else out
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_flex_ttt_forward_matches_the_reference_on_cpu(layout, steps):
+    # the real FlexAttention forward (eager on CPU), t not a multiple of the block size, GQA 2
+    b, hq, hkv, t, d = 2, 4, 2, 40, 16
+    q, keys, values = (x.detach() if isinstance(x, torch.Tensor) else [y.detach() for y in x]
+                       for x in _inputs(b, hq, hkv, t, d, steps))
+    doc_ids, key_valid = LAYOUTS[layout](b, t)
+    with torch.no_grad():
+        ref = ttt_attention_reference(q, keys, values, doc_ids=doc_ids, key_valid=key_valid)
+        out = ttt_attention_flex(q, keys, values, doc_ids=doc_ids, key_valid=key_valid)
+        lean = ttt_attention(q, keys, values, doc_ids=doc_ids, key_valid=key_valid, implementation="flex")
+    torch.testing.assert_close(out, ref, atol=2e-6, rtol=2e-5)
+    torch.testing.assert_close(lean, ref, atol=2e-6, rtol=2e-5)  # off CUDA "flex" is the lean path
+
+
+@pytest.mark.parametrize("layout", ["packed", "right_pad"])
+def test_flex_ttt_merge_gradients_match_the_reference(layout, monkeypatch):
+    # the log-space merge of the K_0 part with the diagonal keys, differentiated on CPU with a dense twin
+    # of the flex call (flex's own backward is checked on CUDA below)
+    from eagle_ext.models import attention
+
+    monkeypatch.setattr(attention, "_run_flex", _dense_flex_twin)
+    b, hq, hkv, t, d, steps = 2, 4, 2, 24, 8, 3
+    q, keys, values = _inputs(b, hq, hkv, t, d, steps, dtype=torch.float64)
+    doc_ids, key_valid = LAYOUTS[layout](b, t)
+    tensors = [q, *keys, *values]
+    ref = ttt_attention_reference(q, keys, values, doc_ids=doc_ids, key_valid=key_valid)
+    out = ttt_attention_flex(q, keys, values, doc_ids=doc_ids, key_valid=key_valid)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(_grads(out, tensors), _grads(ref, tensors), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_ttt_block_mask_is_built_once_per_unroll():
+    doc_ids, key_valid = LAYOUTS["packed"](2, 40)
+    first = ttt_block_mask(doc_ids, key_valid, 2, 40, torch.device("cpu"))
+    assert ttt_block_mask(doc_ids, key_valid, 2, 40, torch.device("cpu")) is first  # the same objects: cached
+    other = ttt_block_mask(doc_ids.clone(), key_valid, 2, 40, torch.device("cpu"))
+    assert other is not first
+
+
+def test_flex_ttt_saves_no_copy_of_the_cache(monkeypatch):
+    # like the lean path: what a step saves beyond its inputs does not grow with k
+    from eagle_ext.models import attention
+
+    monkeypatch.setattr(attention, "_run_flex", _dense_flex_twin)
+    b, hq, hkv, t, d = 1, 4, 2, 32, 8
+    totals = []
+    for steps in (1, 4):
+        q, keys, values = _inputs(b, hq, hkv, t, d, steps)
+        inputs = {x.untyped_storage().data_ptr() for x in (q, *keys, *values)}
+        seen = {}
+
+        def pack(x, inputs=inputs, seen=seen):
+            if x.untyped_storage().data_ptr() not in inputs and x.numel() >= b * hkv * t * d:
+                seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            ttt_attention_flex(q, keys, values)
+        totals.append(sum(seen.values()))
+    # the twin's dense scores are [B, Hq, T, T] either way; what grows is O(k * T) (the diagonal scores and
+    # weights), while a copy of K_1..K_k alone would add (4 - 1) * B * Hkv * T * D fp32 (K and V: twice that)
+    assert totals[1] - totals[0] < (4 - 1) * b * hkv * t * d * 4, totals
+
+
 # ---------------------------------------------------------------- CUDA
 
 
@@ -415,3 +523,25 @@ def test_a_recompile_limit_hit_is_an_error_not_an_eager_fallback(monkeypatch):
     with pytest.raises(RuntimeError, match="recompile limit"):  # a new dtype forces a second compile
         masked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block_mask)
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, BF16_TOL)])
+def test_flex_ttt_matches_fp64_on_cuda_forward_and_backward(dtype, tol):
+    # the compiled FlexAttention path (K_0 under the BlockMask + diagonal keys merged in log space),
+    # forward and backward, against the fp64 reference; the lean path on the same inputs as a yardstick
+    b, hq, hkv, t, d, steps = 2, 8, 2, 300, 64, 3
+    doc_ids, key_valid = LAYOUTS["packed"](b, t)
+    q, keys, values, upstream = _peaked_bf16(b, hq, hkv, t, d, steps)
+    exact = [x.double().cuda().requires_grad_() for x in (q, *keys, *values)]
+    doc_ids, key_valid = doc_ids.cuda(), key_valid.cuda()
+    upstream = upstream.cuda()
+    ref = ttt_attention_reference(exact[0], exact[1 : steps + 2], exact[steps + 2 :], doc_ids=doc_ids,
+                                  key_valid=key_valid)
+    ref_grads = torch.autograd.grad(ref, exact, upstream.double())
+    ours = [x.detach().to(dtype).requires_grad_() for x in exact]
+    out = ttt_attention(ours[0], ours[1 : steps + 2], ours[steps + 2 :], doc_ids=doc_ids, key_valid=key_valid,
+                        implementation="flex")
+    assert _max_rel(out, ref) < tol
+    for g_ours, g_ref in zip(torch.autograd.grad(out, ours, upstream.to(dtype)), ref_grads, strict=True):
+        assert _max_rel(g_ours, g_ref) < tol

@@ -50,6 +50,8 @@ __all__ = ["ChatPrompt", "check_regenerate_args", "read_prompts", "regenerate_ch
 
 #: Version of the output format and of what decides an answer; stored in the settings file.
 REGENERATE_FORMAT = 1
+#: --dtype choice -> torch / vLLM dtype name ("auto": see :func:`regenerate_chats`)
+DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _ROLES = ("system", "user", "assistant")
 
 
@@ -199,9 +201,11 @@ def _answered(out_path: str, prompts: Sequence[ChatPrompt]) -> set[int]:
     return done
 
 
-def _check_settings(out_path: str, settings: dict, *, command: str = "regenerate") -> bool:
-    """True when ``out_path`` exists and its settings file matches ``settings`` (only the keys of ``settings``
-    are compared; ``command`` names the eagle-ext command in the messages).
+def _check_settings(out_path: str, settings: dict, *, command: str = "regenerate", also: Sequence[str] = ()) -> bool:
+    """True when ``out_path`` exists and its settings file matches ``settings`` (the keys of ``settings`` are
+    compared, plus the optional keys ``also``, which must be absent from both or equal: a stored
+    ``engine: vllm`` differs from a run that has no ``engine``; ``command`` names the eagle-ext command in the
+    messages).
 
     Raises:
         ValueError: the output exists without a settings file, or with different settings.
@@ -214,7 +218,8 @@ def _check_settings(out_path: str, settings: dict, *, command: str = "regenerate
                          f"eagle-ext {command}, choose a new --out")
     with open(path) as f:
         stored = json.load(f)
-    changed = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    changed = [f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in dict.fromkeys([*settings, *also])
+               if stored.get(k) != settings.get(k)]
     if changed:
         hint = " (the target's files changed)" if any(c.startswith("target_fingerprint") for c in changed) else ""
         raise ValueError(f"--out: {out_path!r} was made with different settings{hint}: {'; '.join(changed)}; "
@@ -232,16 +237,30 @@ def _end_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+def _encode(tokenizer, contexts: list[list[dict]]) -> list[list[int]]:
+    return [tokenizer(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"] for c in contexts]
+
+
+def _decode_answers(tokenizer, rows: list[list[int]], end_ids: list[int]) -> tuple[list[str], list[str], int]:
+    """Cut each generated row at its first end token: ``(texts, finish_reasons, tokens generated)``."""
+    texts, reasons, tokens = [], [], 0
+    for row in rows:
+        end = next((i for i, t in enumerate(row) if t in end_ids), None)
+        reasons.append("length" if end is None else "stop")
+        kept = row if end is None else row[:end]
+        tokens += len(kept) + (end is not None)
+        texts.append(tokenizer.decode(kept, skip_special_tokens=False))
+    return texts, reasons, tokens
+
+
 def _generate(model, tokenizer, contexts: list[list[dict]], *, max_new_tokens: int, temperature: float,
               end_ids: list[int], pad_id: int) -> tuple[list[str], list[str], int]:
-    """Answer each context (messages ending with a user turn); returns ``(texts, finish_reasons, tokens)``."""
+    """Answer each context (messages ending with a user turn) with transformers; returns
+    ``(texts, finish_reasons, tokens)``."""
     import torch
 
-    encoded = [
-        tokenizer(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
-                  add_special_tokens=False)["input_ids"]
-        for c in contexts
-    ]
+    encoded = _encode(tokenizer, contexts)
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -254,20 +273,35 @@ def _generate(model, tokenizer, contexts: list[list[dict]], *, max_new_tokens: i
             input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id, use_cache=True, **sampling,
         )
-    texts, reasons, tokens = [], [], 0
-    for row in out[:, width:].tolist():
-        end = next((i for i, t in enumerate(row) if t in end_ids), None)
-        reasons.append("length" if end is None else "stop")
-        kept = row if end is None else row[:end]
-        tokens += len(kept) + (end is not None)
-        texts.append(tokenizer.decode(kept, skip_special_tokens=False))
-    return texts, reasons, tokens
+    return _decode_answers(tokenizer, out[:, width:].tolist(), end_ids)
+
+
+def _vllm_generate(engine, tokenizer, contexts: list[list[dict]], seeds: list[int], *, max_new_tokens: int,
+                   temperature: float, end_ids: list[int]) -> tuple[list[str], list[str], int]:
+    """:func:`_generate` in vLLM (all contexts submitted at once; per-context sampling seeds)."""
+    outs = engine.generate(_encode(tokenizer, contexts), max_new_tokens=max_new_tokens, temperature=temperature,
+                           seeds=seeds, stop_token_ids=end_ids)
+    return _decode_answers(tokenizer, [o.token_ids for o in outs], end_ids)
+
+
+def _hf_end_token_ids(target: str, tokenizer) -> list[int]:
+    """:func:`_end_token_ids` from the target's generation_config.json, without loading the weights."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(target)
+    except (OSError, ValueError):
+        generation = SimpleNamespace(eos_token_id=None)
+    return _end_token_ids(SimpleNamespace(generation_config=generation), tokenizer)
 
 
 def regenerate_chats(
     target: str | os.PathLike, prompts_path: str | os.PathLike, out_path: str | os.PathLike, *,
     max_new_tokens: int = 256, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
-    limit: int | None = None, show_progress: bool = True,
+    limit: int | None = None, show_progress: bool = True, engine: str = "hf", dtype: str = "auto",
+    vllm_python: str | None = None,
 ) -> dict[str, Any]:
     """Answer the prompts of ``prompts_path`` with the model in ``target`` and append chats to ``out_path``.
 
@@ -281,6 +315,13 @@ def regenerate_chats(
         seed: sampling seed (with the batch's first prompt index).
         limit: answer only the first ``limit`` prompts.
         show_progress: a tqdm bar over prompts.
+        engine: ``"hf"`` (transformers ``generate``) or ``"vllm"`` (:class:`eagle_ext.engines.vllm.VllmEngine`,
+            a batch of ``batch_size`` prompts submitted at once; sampling seeds per prompt and turn, so a resumed
+            run draws what an uninterrupted one would whatever the batches). The vLLM engine and its dtype are
+            part of the settings: an output is never resumed with the other engine.
+        dtype: ``"auto"`` (hf: bf16 on a GPU, fp32 on CPU; vLLM: the checkpoint's), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``.
+        vllm_python: the interpreter with vLLM (default :func:`eagle_ext.engines.vllm.find_vllm_python`).
 
     Returns:
         ``{"prompts", "already_answered", "answered", "generated_tokens", "truncated_turns", "seconds",
@@ -292,6 +333,10 @@ def regenerate_chats(
     """
     check_regenerate_args(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
                           seed=seed, limit=limit)
+    if engine not in ("hf", "vllm"):
+        raise ValueError(f"--engine: expected 'hf' or 'vllm', got {engine!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
     target = _check_target(target)
     out_path = os.path.abspath(os.fspath(out_path))
     if os.path.isdir(out_path):
@@ -299,7 +344,11 @@ def regenerate_chats(
     prompts = read_prompts(prompts_path)
     settings = {"format": REGENERATE_FORMAT, "target": target, "target_fingerprint": path_fingerprint(target),
                 "max_new_tokens": max_new_tokens, "temperature": float(temperature), "seed": seed}
-    resuming = _check_settings(out_path, settings)
+    if engine == "vllm":  # hf settings keep their original keys, so earlier outputs stay resumable
+        settings.update({"engine": "vllm", "dtype": dtype})
+    elif dtype != "auto":
+        settings["dtype"] = dtype
+    resuming = _check_settings(out_path, settings, also=("engine", "dtype"))
     done = _answered(out_path, prompts) if resuming else set()
     selected = prompts[:limit] if limit is not None else prompts
     # Batch prompts with equally many turns to generate together (stable: index order within a group), so the
@@ -312,18 +361,34 @@ def regenerate_chats(
 
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if engine == "vllm":
+        from eagle_ext.engines.vllm import find_vllm_python
+
+        vllm_python = find_vllm_python(vllm_python)  # before anything loads
     tokenizer = AutoTokenizer.from_pretrained(target)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"--target: the tokenizer in {target!r} has no chat template")
-    # bf16 on a GPU, fp32 on CPU (where bf16 matmuls are slow), whatever dtype the checkpoint was saved in;
-    # cast after loading because the dtype argument's name differs between transformers 4 and 5.
-    model = AutoModelForCausalLM.from_pretrained(target).to(
-        device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
-    ).eval()
-    end_ids = _end_token_ids(model, tokenizer)
+    vllm_engine, model = None, None
+    if engine == "vllm":
+        from eagle_ext.engines.vllm import VllmEngine
+
+        end_ids = _hf_end_token_ids(target, tokenizer)
+        vllm_engine = VllmEngine(target, dtype=DTYPES[dtype] or "auto", seed=seed, python=vllm_python,
+                                 max_num_seqs=batch_size)
+        vllm_engine.start()
+        device = None
+    else:
+        from transformers import AutoModelForCausalLM
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 on a GPU, fp32 on CPU (where bf16 matmuls are slow), whatever dtype the checkpoint was saved in;
+        # cast after loading because the dtype argument's name differs between transformers 4 and 5.
+        cast = getattr(torch, DTYPES[dtype]) if DTYPES[dtype] else (
+            torch.bfloat16 if device.type == "cuda" else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(target).to(device=device, dtype=cast).eval()
+        end_ids = _end_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
 
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
@@ -332,40 +397,61 @@ def regenerate_chats(
             pass
     write_json(settings_path(out_path), settings, indent=2)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(pending), desc="regenerate", unit="prompt", disable=not show_progress)
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start:start + batch_size]
-        chats = [[dict(m) for m in p.messages] for p in batch]
-        reasons: list[list[str]] = [[] for _ in batch]
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
-            torch.manual_seed(seed * 1_000_003 + batch[0].index)
-            for turn in range(max(len(p.slots) for p in batch)):  # one generated turn per round, per chat
-                active = [r for r, p in enumerate(batch) if turn < len(p.slots)]
-                contexts = [chats[r][:batch[r].slots[turn]] for r in active]
-                texts, finish, tokens = _generate(model, tokenizer, contexts, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, end_ids=end_ids, pad_id=pad_id)
-                stats["generated_tokens"] += tokens
-                for r, text, reason in zip(active, texts, finish):
-                    slot = batch[r].slots[turn]
-                    if slot == len(chats[r]):
-                        chats[r].append({"role": "assistant", "content": text})
-                    else:
-                        chats[r][slot]["content"] = text
-                    reasons[r].append(reason)
-        lines = "".join(
-            json.dumps({"messages": chat, "prompt_index": p.index, "prompt_hash": p.key, "finish_reasons": rs},
-                       ensure_ascii=False) + "\n"
-            for p, chat, rs in zip(batch, chats, reasons)
-        )
-        with open(out_path, "a", encoding="utf-8") as f:  # one write per batch, synced: a crash loses one batch
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        stats["answered"] += len(batch)
-        stats["truncated_turns"] += sum(rs.count("length") for rs in reasons)
-        elapsed = time.perf_counter() - t0
-        bar.update(len(batch))
-        bar.set_postfix(tok_s=f"{stats['generated_tokens'] / max(elapsed, 1e-9):.0f}")
-    bar.close()
+    bar = tqdm(total=len(pending), desc=f"regenerate ({engine})", unit="prompt", disable=not show_progress)
+    try:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            _answer_batch(batch, stats, out_path, tokenizer=tokenizer, model=model, vllm_engine=vllm_engine,
+                          device=device, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                          end_ids=end_ids, pad_id=pad_id)
+            elapsed = time.perf_counter() - t0
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{stats['generated_tokens'] / max(elapsed, 1e-9):.0f}")
+    finally:
+        bar.close()
+        if vllm_engine is not None:
+            vllm_engine.close()
     stats["seconds"] = time.perf_counter() - t0
     return stats
+
+
+def _answer_batch(batch: list[ChatPrompt], stats: dict, out_path: str, *, tokenizer, model, vllm_engine, device,
+                  seed: int, max_new_tokens: int, temperature: float, end_ids: list[int], pad_id: int) -> None:
+    """Generate every turn of one batch of prompts and append its rows to ``out_path`` (one synced write)."""
+    import torch
+
+    chats = [[dict(m) for m in p.messages] for p in batch]
+    reasons: list[list[str]] = [[] for _ in batch]
+    cuda = device is not None and device.type == "cuda"
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        torch.manual_seed(seed * 1_000_003 + batch[0].index)
+        for turn in range(max(len(p.slots) for p in batch)):  # one generated turn per round, per chat
+            active = [r for r, p in enumerate(batch) if turn < len(p.slots)]
+            contexts = [chats[r][:batch[r].slots[turn]] for r in active]
+            if vllm_engine is not None:
+                seeds = [(seed * 1_000_003 + batch[r].index) * 64 + turn for r in active]
+                texts, finish, tokens = _vllm_generate(vllm_engine, tokenizer, contexts, seeds,
+                                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       end_ids=end_ids)
+            else:
+                texts, finish, tokens = _generate(model, tokenizer, contexts, max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, end_ids=end_ids, pad_id=pad_id)
+            stats["generated_tokens"] += tokens
+            for r, text, reason in zip(active, texts, finish):
+                slot = batch[r].slots[turn]
+                if slot == len(chats[r]):
+                    chats[r].append({"role": "assistant", "content": text})
+                else:
+                    chats[r][slot]["content"] = text
+                reasons[r].append(reason)
+    lines = "".join(
+        json.dumps({"messages": chat, "prompt_index": p.index, "prompt_hash": p.key, "finish_reasons": rs},
+                   ensure_ascii=False) + "\n"
+        for p, chat, rs in zip(batch, chats, reasons)
+    )
+    with open(out_path, "a", encoding="utf-8") as f:  # one write per batch, synced: a crash loses one batch
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    stats["answered"] += len(batch)
+    stats["truncated_turns"] += sum(rs.count("length") for rs in reasons)

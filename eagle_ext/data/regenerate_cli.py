@@ -1,5 +1,6 @@
 """``eagle-ext regenerate``: answer a prompt set with the target itself and write OpenAI-``messages`` JSONL
-(batched generation with a KV cache, a progress bar, resumable). See :mod:`eagle_ext.data.regenerate`."""
+(batched generation with a KV cache, a progress bar, resumable), with transformers or vLLM (``--engine``). See
+:mod:`eagle_ext.data.regenerate`."""
 
 from __future__ import annotations
 
@@ -18,18 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); else sampling")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="hf: transformers generate (default); vllm: vLLM batched generation (see `make vllm`)")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: hf bf16 on a GPU / fp32 on CPU, vLLM the checkpoint's dtype")
+    parser.add_argument("--vllm-python", default=None, metavar="PATH",
+                        help="the python that has vLLM (default: $EAGLE_EXT_VLLM_PYTHON, this one, .venv-vllm)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from eagle_ext.data.regenerate import regenerate_chats
+    from eagle_ext.engines.vllm import VllmUnavailable
 
     try:
         stats = regenerate_chats(
             args.target, args.prompts, args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             temperature=args.temperature, seed=args.seed, limit=args.limit, show_progress=not args.no_progress,
+            engine=args.engine, dtype=args.dtype, vllm_python=args.vllm_python,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, VllmUnavailable) as exc:
         print(f"eagle-ext regenerate: error: {exc}", file=sys.stderr)
         return 2
     rate = stats["answered"] / stats["seconds"] * 60 if stats["seconds"] else 0.0

@@ -144,10 +144,37 @@ def _read_json_file(path: str):
     return data
 
 
+def _is_blank(path: str) -> bool:
+    """True when the file holds nothing but whitespace (read in chunks; stops at the first other byte)."""
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _drop_blank_files(paths: list[str], description: str) -> list[str]:
+    """``paths`` less the empty (whitespace-only) files, which ``datasets`` cannot infer a schema from.
+
+    Raises:
+        ValueError: every file is empty (the message names it and the expected content).
+    """
+    kept = [p for p in paths if not _is_blank(p)]
+    if not kept:
+        what = f"data_path {paths[0]!r} is empty" if len(paths) == 1 else f"every data file of {description} is empty"
+        raise ValueError(f"{what}; expected JSON Lines, one chat row per line such as "
+                         '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}')
+    return kept
+
+
 def _load_files(paths: list[str], fmt: str, split: str | None, description: str, cache_dir: str | None):
     import datasets
 
     if fmt == "jsonl":
+        paths = _drop_blank_files(paths, description)
         ds = datasets.load_dataset("text", data_files={_DEFAULT_SPLIT: paths}, cache_dir=cache_dir)
         ds = {name: d.rename_column("text", JSON_ROW_COLUMN) for name, d in ds.items()}
         return select_split(ds, split, what=description)

@@ -3,12 +3,34 @@ pipeline (a leaf: it imports nothing heavy)."""
 
 from __future__ import annotations
 
-__all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args"]
+__all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args", "demo_threads"]
 
 TARGETS = ("smollm2", "tiny")
 ALGORITHMS = ("eagle3", "peagle")
 #: --dtype (SmolLM2 evaluation) -> torch dtype name
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+#: torch intra-op threads by target when neither --threads nor OMP_NUM_THREADS says (None: torch's default, one per
+#: core). The toy target's matrices are too small to gain from a second thread, and on a shared machine extra
+#: threads only wait for cores (a 2-core box with one other job: 559 s with 2 threads, 80 s with 1).
+DEFAULT_THREADS = {"tiny": 1, "smollm2": None}
+
+
+def demo_threads(target: str, threads: int | None = None, environ: dict | None = None) -> int | None:
+    """The torch thread count the demo sets: ``threads`` (``--threads``) when given, else none when the user set
+    ``OMP_NUM_THREADS`` (torch follows it), else :data:`DEFAULT_THREADS` by target (``None``: leave torch's).
+
+    Raises:
+        ValueError: ``threads`` below 1.
+    """
+    import os
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--threads must be an int >= 1, got {threads!r}")
+        return threads
+    if (environ if environ is not None else os.environ).get("OMP_NUM_THREADS"):
+        return None
+    return DEFAULT_THREADS.get(target)
 
 
 def check_demo_args(target: str = "smollm2", *, algorithm: str | None = None, live_steps: int | None = None,

@@ -6,7 +6,9 @@ and the printed table.
     {"target": {"name", "path"}, "device", "dtype", "threads", "settings": {...},
      "phases": {phase: seconds}, "total_seconds", "files": {what: path},
      "drafts": {"reference" | "live": {"algorithm", "path", "format", "metrics", "training": {...},
-                                      "by_k": {"3": PER_K, "5": PER_K}}}}
+                                      "by_k": {"3": PER_K, "5": PER_K},
+                                      "vllm_by_k": {"3": PER_K}}},     # present when vLLM evaluated
+     "vllm": {"version", "device"} | null}
 
 where ``PER_K`` holds :data:`PER_K_FIELDS` (``tau``: tokens committed per target forward, the bonus token
 included; ``per_position_acceptance``: K rates, the fraction of rounds that accepted draft token j;
@@ -60,13 +62,15 @@ def by_k(eval_report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def build_report(*, target: dict[str, Any], device: str, dtype: str, threads: int, settings: dict[str, Any],
                  phases: dict[str, float], files: dict[str, str], drafts: dict[str, dict[str, Any]],
-                 evaluations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+                 evaluations: Mapping[str, Mapping[str, Any]],
+                 vllm_evaluations: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Assemble ``report.json`` (see the module docstring) and check it.
 
     Args:
         drafts: per name in :data:`DRAFT_NAMES`: ``algorithm``, ``path``, ``format``, ``metrics`` (the training
             log) and ``training`` (a summary); ``by_k`` is added from ``evaluations``.
         evaluations: per draft name, its evaluator report.
+        vllm_evaluations: per draft name, its :func:`eagle_ext.serve.vllm_eval.evaluate_vllm` report (or None).
 
     Raises:
         ValueError: the assembled report breaks the schema (:func:`check_report`).
@@ -77,7 +81,13 @@ def build_report(*, target: dict[str, Any], device: str, dtype: str, threads: in
         "total_seconds": round(float(sum(phases.values())), 1),
         "files": files,
         "drafts": {name: {**drafts[name], "by_k": by_k(evaluations[name])} for name in drafts},
+        "vllm": None,
     }
+    if vllm_evaluations:
+        for name in drafts:
+            report["drafts"][name]["vllm_by_k"] = by_k(vllm_evaluations[name])
+        first = next(iter(vllm_evaluations.values()))["settings"]
+        report["vllm"] = {"version": first.get("vllm_version"), "device": first.get("device")}
     check_report(report)
     return report
 
@@ -119,22 +129,30 @@ def check_report(report: Mapping[str, Any]) -> None:
         ks = entry.get("by_k")
         if not isinstance(ks, Mapping) or not ks:
             _fail(f"{where}['by_k']", ks, "a non-empty mapping K -> metrics")
-        for k, metrics in ks.items():
-            at = f"{where}['by_k'][{k!r}]"
-            if not (isinstance(k, str) and k.isdigit() and int(k) >= 1):
-                _fail(f"{where}['by_k'] key", k, "K >= 1 as a string")
-            if not isinstance(metrics, Mapping):
-                _fail(at, metrics, "a mapping")
-            for field, types in PER_K_FIELDS.items():
-                value = metrics.get(field)
-                if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-                    _fail(f"{at}[{field!r}]", value, " or ".join(t.__name__ for t in types))
-            rates = metrics["per_position_acceptance"]
-            if len(rates) != int(k) or not all(isinstance(r, float) and (math.isnan(r) or 0 <= r <= 1) for r in rates):
-                _fail(f"{at}['per_position_acceptance']", rates, f"{k} rates in [0, 1] (one per draft position)")
-            tau = metrics["tau"]
-            if not (math.isnan(tau) or 1 <= tau <= int(k) + 1):
-                _fail(f"{at}['tau']", tau, f"in [1, {int(k) + 1}]")
+        _check_by_k(ks, f"{where}['by_k']")
+        if "vllm_by_k" in entry:
+            if not isinstance(entry["vllm_by_k"], Mapping) or not entry["vllm_by_k"]:
+                _fail(f"{where}['vllm_by_k']", entry["vllm_by_k"], "a non-empty mapping K -> metrics")
+            _check_by_k(entry["vllm_by_k"], f"{where}['vllm_by_k']")
+
+
+def _check_by_k(ks: Mapping[str, Any], where: str) -> None:
+    for k, metrics in ks.items():
+        at = f"{where}[{k!r}]"
+        if not (isinstance(k, str) and k.isdigit() and int(k) >= 1):
+            _fail(f"{where} key", k, "K >= 1 as a string")
+        if not isinstance(metrics, Mapping):
+            _fail(at, metrics, "a mapping")
+        for field, types in PER_K_FIELDS.items():
+            value = metrics.get(field)
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                _fail(f"{at}[{field!r}]", value, " or ".join(t.__name__ for t in types))
+        rates = metrics["per_position_acceptance"]
+        if len(rates) != int(k) or not all(isinstance(r, float) and (math.isnan(r) or 0 <= r <= 1) for r in rates):
+            _fail(f"{at}['per_position_acceptance']", rates, f"{k} rates in [0, 1] (one per draft position)")
+        tau = metrics["tau"]
+        if not (math.isnan(tau) or 1 <= tau <= int(k) + 1):
+            _fail(f"{at}['tau']", tau, f"in [1, {int(k) + 1}]")
 
 
 def _fmt_rate(x: float) -> str:
@@ -142,22 +160,26 @@ def _fmt_rate(x: float) -> str:
 
 
 def format_report_table(report: Mapping[str, Any]) -> str:
-    """The demo's closing table: one row per draft and K (tau, acceptance per position, target-only and
-    speculative tokens/s, speed-up, lossless), a settings line above it and the phase times below."""
+    """The demo's closing table: one row per draft, engine and K (tau, acceptance per position, target-only and
+    speculative tokens/s of that engine, speed-up, lossless), a settings line above it and the phase times
+    below."""
     s = report["settings"]
+    vllm = report.get("vllm") or {}
     head = (f"{report['target']['name']} ({report['dtype']}, {report['device']}, {report['threads']} threads): "
-            f"{s['num_prompts']} held-out prompts, up to {s['max_new_tokens']} new tokens, greedy")
+            f"{s['num_prompts']} held-out prompts, up to {s['max_new_tokens']} new tokens, greedy"
+            + (f"; engines: eagle_ext's decoder and vLLM {vllm.get('version')} (batch 1)" if vllm else ""))
     rows = []
     for name in DRAFT_NAMES:
         entry = report["drafts"][name]
         steps = entry.get("training", {}).get("steps", "-")
-        for k, m in sorted(entry["by_k"].items(), key=lambda kv: int(kv[0])):
-            rows.append([name, ALGORITHM_TITLES[entry["algorithm"]], steps, k, _fmt_rate(m["tau"]),
-                         " ".join(_fmt_rate(r) for r in m["per_position_acceptance"]),
-                         f"{m['target_tokens_per_s']:.1f}", f"{m['speculative_tokens_per_s']:.1f}",
-                         f"{m['speedup']:.2f}x", lossless_label(m, s["num_prompts"])])
-    table = format_table(["draft", "algorithm", "steps", "K", "tau", "acceptance per position", "target tok/s",
-                          "spec tok/s", "speed-up", "lossless"], rows)
+        for engine, key in (("eagle_ext", "by_k"), ("vLLM", "vllm_by_k")):
+            for k, m in sorted(entry.get(key, {}).items(), key=lambda kv: int(kv[0])):
+                rows.append([name, ALGORITHM_TITLES[entry["algorithm"]], steps, engine, k, _fmt_rate(m["tau"]),
+                             " ".join(_fmt_rate(r) for r in m["per_position_acceptance"]),
+                             f"{m['target_tokens_per_s']:.1f}", f"{m['speculative_tokens_per_s']:.1f}",
+                             f"{m['speedup']:.2f}x", lossless_label(m, s["num_prompts"])])
+    table = format_table(["draft", "algorithm", "steps", "engine", "K", "tau", "acceptance per position",
+                          "target tok/s", "spec tok/s", "speed-up", "lossless"], rows)
     phases = " | ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["phases"].items())
     return f"{head}\n{table}\nphases: {phases} | total {report['total_seconds']:.1f} s"
 

@@ -17,7 +17,8 @@ __all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args", "run_demo"]
 
 def run_demo(target: str = "smollm2", *, algorithm: str | None = None, quick: bool = False,
              output_dir: str = "runs/demo", live_steps: int | None = None, num_prompts: int | None = None,
-             max_new_tokens: int | None = None, dtype: str | None = None, show_progress: bool = True) -> int:
+             max_new_tokens: int | None = None, dtype: str | None = None, show_progress: bool = True,
+             vllm: bool = True) -> int:
     """The ``demo`` command; returns the exit code (1: the SmolLM2 wheel is missing, with one line naming the
     install command).
 
@@ -29,9 +30,9 @@ def run_demo(target: str = "smollm2", *, algorithm: str | None = None, quick: bo
     if target == "tiny":
         from eagle_ext.demo.toy import run_toy_demo
 
-        return run_toy_demo(quick=quick, output_dir=output_dir)
+        return run_toy_demo(quick=quick, output_dir=output_dir, show_progress=show_progress)
     from eagle_ext.demo.smollm2_demo import demo_config, run_smollm2_demo
 
     cfg = demo_config(algorithm or "eagle3", quick=quick, live_steps=live_steps, num_prompts=num_prompts,
-                      max_new_tokens=max_new_tokens, dtype=dtype, show_progress=show_progress)
+                      max_new_tokens=max_new_tokens, dtype=dtype, show_progress=show_progress, vllm=vllm)
     return run_smollm2_demo(cfg, output_dir, quick=quick)

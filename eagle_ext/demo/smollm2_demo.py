@@ -16,11 +16,15 @@ each phase timed and printed:
 3. evaluation: the target loaded once (bf16 by default); both drafts re-attached to its input embedding, real
    speculative decoding (greedy, chain K = 3 and 5) against ONE target-only baseline decoded in the same run
    (:func:`eagle_ext.serve.speculative.evaluate_drafters`);
-4. report: ``report.json``, ``report.png`` and a table (:mod:`eagle_ext.demo.report`).
+4. evaluation in vLLM (when an interpreter with vLLM is found, see ``make vllm``; ``--no-vllm`` skips it): the
+   same prompts, greedy, batch 1, K = 3, target-only and both drafts in vLLM
+   (:func:`eagle_ext.serve.vllm_eval.evaluate_vllm`): the acceptance and speed-up users will see when serving;
+5. report: ``report.json``, ``report.png`` and a table (:mod:`eagle_ext.demo.report`), a row per draft, K and
+   engine.
 
 Output directory layout: ``eval_prompts.jsonl``, ``cache/`` (tokenised data), ``live_<algorithm>/`` (the recipe
 run: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``export/<format>/``), ``evaluation.json`` (the
-evaluator's reports, per prompt), ``report.json``, ``report.png``.
+evaluator's reports, per prompt), ``evaluation_vllm.json`` (vLLM's), ``report.json``, ``report.png``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class SmolLM2DemoConfig:
     num_draft_tokens: tuple[int, ...] = (3, 5)  # chain K evaluated
     dtype: str = "bf16"  # evaluation dtype of target and drafts: bf16 | fp32
     show_progress: bool = True
+    vllm: bool = True  # also evaluate in vLLM when an interpreter with vLLM is found
+    vllm_num_draft_tokens: tuple[int, ...] = (3,)  # one vLLM engine per K and draft: K = 3 keeps the demo short
 
 
 #: default live steps per algorithm: about the same wall time (a P-EAGLE step is 2 padded chats, ~1.4 s on a
@@ -88,7 +94,7 @@ QUICK = {"live_steps": {"eagle3": 2, "peagle": 4}, "live_eval_batches": 1, "eval
 
 def demo_config(algorithm: str = "eagle3", *, quick: bool = False, live_steps: int | None = None,
                 num_prompts: int | None = None, max_new_tokens: int | None = None, dtype: str | None = None,
-                show_progress: bool = True) -> SmolLM2DemoConfig:
+                show_progress: bool = True, vllm: bool = True) -> SmolLM2DemoConfig:
     """The run's sizes: the full demo, or :data:`QUICK` with ``quick``; explicit values (not None) override either.
 
     Raises:
@@ -102,7 +108,7 @@ def demo_config(algorithm: str = "eagle3", *, quick: bool = False, live_steps: i
         sizes.update({k: v for k, v in QUICK.items() if k != "live_steps"}, live_steps=QUICK["live_steps"][algorithm])
     explicit = {"live_steps": live_steps, "num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "dtype": dtype}
     sizes.update({k: v for k, v in explicit.items() if v is not None})
-    return SmolLM2DemoConfig(algorithm=algorithm, show_progress=show_progress, **sizes)
+    return SmolLM2DemoConfig(algorithm=algorithm, show_progress=show_progress, vllm=vllm, **sizes)
 
 
 def live_overrides(cfg: SmolLM2DemoConfig, out: str, target_path: str) -> list[str]:
@@ -262,6 +268,36 @@ def evaluate_drafts(cfg: SmolLM2DemoConfig, target_path: str, drafts: dict[str, 
     return context, reports
 
 
+def evaluate_drafts_in_vllm(cfg: SmolLM2DemoConfig, target_path: str, drafts: dict[str, str], prompts_path: str,
+                            ) -> dict[str, dict[str, Any]] | None:
+    """The same prompts in vLLM (greedy, batch 1, ``cfg.vllm_num_draft_tokens``); None, with a note saying how to
+    install it, when no interpreter has vLLM."""
+    from transformers import AutoTokenizer
+
+    from eagle_ext.engines.vllm import VllmUnavailable, find_vllm_python
+    from eagle_ext.serve.eval_cli import load_prompts, render_prompts, stop_token_ids
+    from eagle_ext.serve.vllm_eval import evaluate_vllm
+
+    try:
+        python = find_vllm_python()
+    except VllmUnavailable as exc:
+        print(f"note: vLLM evaluation skipped: {exc}")
+        return None
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(target_path)
+    prompts = render_prompts(tokenizer, load_prompts(prompts_path))
+    stops = stop_token_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(target_path)))
+    reports = evaluate_vllm(target_path, drafts, prompts, num_draft_tokens=list(cfg.vllm_num_draft_tokens),
+                            max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=0, stop_token_ids=stops,
+                            dtype=DTYPES[cfg.dtype], python=python, progress=cfg.show_progress)
+    for name, report in reports.items():
+        report["settings"].update({"target": target_path, "draft": drafts[name], "prompts": prompts_path})
+    return reports
+
+
 # ---------------------------------------------------------------------------------------------- the job
 
 
@@ -302,6 +338,14 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
     evaluation_path = os.path.join(out, "evaluation.json")
     write_json(evaluation_path, reports, indent=2)
     clock.lap("evaluation")
+    vllm_reports = None
+    if cfg.vllm:
+        print("== evaluation in vLLM: the same prompts served by vLLM (greedy, batch 1)", flush=True)
+        vllm_reports = evaluate_drafts_in_vllm(cfg, target_path, {"reference": reference_draft,
+                                                                  "live": live["export"]}, prompts_path)
+        if vllm_reports is not None:
+            write_json(os.path.join(out, "evaluation_vllm.json"), vllm_reports, indent=2)
+        clock.lap("vllm_evaluation")
 
     print("== report", flush=True)
     files = {
@@ -309,6 +353,7 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
         "evaluation.json": evaluation_path, "eval_prompts": prompts_path, "live_run": live["run_dir"],
         "live_config": os.path.join(live["run_dir"], "config.yaml"),
         "live_metrics": os.path.join(live["run_dir"], "metrics.jsonl"), "live_checkpoint": live["checkpoint"],
+        **({"evaluation_vllm.json": os.path.join(out, "evaluation_vllm.json")} if vllm_reports else {}),
         "live_export": live["export"], "reference_draft": reference_draft,
         "reference_metrics": os.path.join(REFERENCE_DIR, "metrics.jsonl"), "target": target_path,
     }
@@ -322,7 +367,8 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
                 "num_draft_tokens": list(cfg.num_draft_tokens)}
     target = {"name": TARGET_NAME, "path": target_path}
     common = {"target": target, "device": context["device"], "dtype": context["dtype"],
-              "threads": context["threads"], "settings": settings, "drafts": drafts, "evaluations": reports}
+              "threads": context["threads"], "settings": settings, "drafts": drafts, "evaluations": reports,
+              "vllm_evaluations": vllm_reports}
     report = build_report(phases=clock.seconds, files=files, **common)
     if not plot_report(report, files["report.png"]):
         print("note: matplotlib is not installed, report.png skipped (pip install matplotlib)")

@@ -257,14 +257,14 @@ def print_summary(summary: dict) -> None:
         print(f"  {name:14s} {path}")
 
 
-def run_toy_demo(quick: bool = False, output_dir: str = "runs/demo") -> int:
+def run_toy_demo(quick: bool = False, output_dir: str = "runs/demo", *, show_progress: bool = True) -> int:
     """``eagle-ext demo --target tiny``: :class:`DemoConfig` (or :data:`QUICK`) into ``output_dir``; returns the
-    exit code.
+    exit code. ``show_progress=False`` (``--no-progress``) silences every bar, the recipe's included.
 
-    Tiny models run on a few threads; on a busy machine ``OMP_NUM_THREADS=1`` avoids thread oversubscription.
+    The command line runs it on one torch thread (``--threads``; see :func:`eagle_ext.demo.options.demo_threads`).
     """
-    cfg = QUICK if quick else DemoConfig()
+    cfg = replace(QUICK if quick else DemoConfig(), show_progress=show_progress)
     print(f"eagle_ext demo{' (quick)' if quick else ''}: EAGLE-3 and P-EAGLE drafts for a tiny Llama target "
-          f"on CPU, nothing downloaded -> {output_dir}\n")
+          f"on CPU ({torch.get_num_threads()} torch thread(s)), nothing downloaded -> {output_dir}\n")
     print_summary(run_pipeline(cfg, output_dir))
     return 0

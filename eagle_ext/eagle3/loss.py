@@ -102,8 +102,11 @@ def eagle3_step_loss(
     valid = mask.sum(dtype=torch.int64)
     denominator = valid.clamp_min(1).to(torch.float32)
     if impl == "fused":
-        from eagle_ext.ops.linear_kl import fused_linear_kl
+        from eagle_ext.ops.linear_kl import _triton_available, fused_linear_kl
 
+        # On CUDA the recompute kernel ("triton"): the TTT unroll makes ttt_steps calls before one backward,
+        # and the gradient-in-forward path ("gemm") would hold a dH and an fp32 dW [Vd, H] per call until
+        # then; the recompute kernel keeps three fp32 per row (memory flat in the number of steps).
         res = fused_linear_kl(
             draft_model.lm_head_input(hidden).reshape(b * t, h),
             draft_model.lm_head.weight,
@@ -112,6 +115,7 @@ def eagle3_step_loss(
             mode="soft_ce",
             row_offset=row_offset,
             seq_len=t,
+            impl="triton" if hidden.is_cuda and _triton_available() else "auto",
         )
         loss = res.loss.to(torch.float32) / denominator
         correct = (res.draft_argmax == res.target_argmax).view(b, t) & mask

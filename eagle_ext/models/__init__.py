@@ -17,6 +17,12 @@ _EXPORTS = {
     "masked_attention": "eagle_ext.models.attention",
     "RotaryEmbedding": "eagle_ext.models.rope",
     "document_ids_from_seq_lens": "eagle_ext.models.masks",
+    "effective_norm_weight": "eagle_ext.models.draft",
+    "LayerAttention": "eagle_ext.models.families",
+    "check_packing_supported": "eagle_ext.models.families",
+    "default_draft_shape": "eagle_ext.models.families",
+    "stateful_layer_types": "eagle_ext.models.families",
+    "target_layer_attention": "eagle_ext.models.families",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

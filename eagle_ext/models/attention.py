@@ -24,8 +24,9 @@ Two implementations with identical semantics:
   Memory: the transient peak is about three ``[B, Hq, c, T]`` fp32 buffers (scores/P, dP, dS) with c
   chosen so one buffer stays under 16 MiB (and c <= 128) on CPU / 256 MiB on CUDA, instead of the
   eager kernel's ``[B, Hq, T, T + k]`` fp32 scores and probabilities kept alive per step for backward.
-  Saved activations are ``q`` ``[B, Hq, T, D]``, the cache's K/V (``O(B * Hkv * T * D * (k + 1))``,
-  shared with autograd anyway) and ``lse``: nothing quadratic in T. GQA is handled by grouping query
+  Saved activations are ``q`` ``[B, Hq, T, D]``, the cache's K/V by reference (``K_1..K_k`` enter as
+  separate inputs and are stacked per query chunk only, so a TTT step saves no ``[B, Hkv, T, k, D]`` copy:
+  such a copy per step would add up to O(k^2) over the unroll) and ``lse``: nothing quadratic in T or k. GQA is handled by grouping query
   heads, never by repeating K/V. Measured on CPU (``benchmarks/bench_eagle3_step.py``, B=1, Hq=8, Hkv=2,
   T=2048, D=64, k=3, forward + backward): 102 MiB peak vs 652 MiB eager (0.16x), 3.3x faster.
 
@@ -40,6 +41,7 @@ Masked attention (P-EAGLE) runs FlexAttention, compiled once per bucket of seque
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +60,7 @@ __all__ = [
     "masked_attention",
 ]
 
-TTT_ATTENTION_IMPLEMENTATIONS = ("lean", "eager")
+TTT_ATTENTION_IMPLEMENTATIONS = ("lean", "eager", "flex")
 
 # Query chunk of the lean path: keep one fp32 score chunk [B, Hq, c, T] under this many elements, with
 # at most this many query rows. CPU: small chunks stay cache-friendly and let the causal key skip pay off
@@ -146,7 +148,9 @@ def ttt_attention(
         doc_ids: int64 ``[B, T]`` document index per slot for packed rows, or None.
         key_valid: bool ``[B, T]`` real-token mask, or None (all real).
         scale: softmax scale, default ``D ** -0.5``.
-        implementation: ``"lean"`` or ``"eager"``.
+        implementation: ``"lean"``, ``"eager"`` or ``"flex"`` (CUDA: compiled FlexAttention over ``K_0`` plus
+            the diagonal keys merged in log space, :func:`ttt_attention_flex`; elsewhere the lean path, since
+            FlexAttention has no CPU backward).
         query_chunk_size: lean path only; default keeps one fp32 score chunk ``[B, Hq, c, T]`` under 4M
             elements and 128 rows on CPU (64M elements on CUDA), at least 16 rows.
         doc_ids_host: lean path only: a host (CPU) copy of ``doc_ids``. The lean chunk plan needs the
@@ -166,6 +170,13 @@ def ttt_attention(
         )
     if implementation == "eager":
         return ttt_attention_reference(query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale)
+    if implementation == "flex":
+        if query.device.type == "cuda":
+            return ttt_attention_flex(query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale)
+        return ttt_attention_lean(  # the CPU fallback: no FlexAttention backward there
+            query, keys, values, doc_ids=doc_ids, key_valid=key_valid, scale=scale,
+            query_chunk_size=query_chunk_size, doc_ids_host=doc_ids_host,
+        )
     raise ValueError(f"implementation must be one of {TTT_ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
 
 
@@ -240,6 +251,9 @@ class _ChunkContext:
 
     def __init__(self, qg, k0, v0, kd, vd, doc_ids, key_valid, scale):
         self.b, self.hkv, self.t, self.g, self.d = qg.shape
+        # kd / vd: the lists K_1..K_k, V_1..V_k ([B, Hkv, T, D] each), or None at step 0. They are never
+        # stacked whole (a [B, Hkv, T, k, D] copy per TTT step, saved for backward, is O(k^2) over the
+        # unroll); a chunk stacks its own rows only, a transient [B, Hkv, c, k, D].
         self.qg, self.k0, self.v0, self.kd, self.vd = qg, k0, v0, kd, vd
         self.doc_ids, self.key_valid, self.scale = doc_ids, key_valid, scale
         self.acc = _accumulation_dtype(qg.dtype)
@@ -247,6 +261,11 @@ class _ChunkContext:
     def rows(self, x: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
         """``x[:, :, q0:q1]`` of a ``[B, Hkv, T, G, D]`` tensor as ``[B, Hkv, c * G, D]`` (a view)."""
         return x[:, :, q0:q1].reshape(self.b, self.hkv, (q1 - q0) * self.g, x.shape[-1])
+
+    @staticmethod
+    def diag_rows(xs: list[torch.Tensor], q0: int, q1: int) -> torch.Tensor:
+        """Rows ``q0..q1`` of ``K_1..K_k`` (or the values) as ``[B, Hkv, c, k, D]``: a chunk-sized stack."""
+        return torch.stack([x[:, :, q0:q1] for x in xs], dim=3)
 
     def probs(self, q0: int, q1: int, lo: int, lse: torch.Tensor | None):
         """Block and diagonal probabilities of one chunk (and the chunk lse when ``lse`` is None).
@@ -261,7 +280,7 @@ class _ChunkContext:
         scores.masked_fill_(~visible[:, :, :, None], float("-inf"))
         diag = None
         if self.kd is not None:
-            diag = _matmul_acc(self.qg[:, :, q0:q1], self.kd[:, :, q0:q1].transpose(-1, -2), self.acc)
+            diag = _matmul_acc(self.qg[:, :, q0:q1], self.diag_rows(self.kd, q0, q1).transpose(-1, -2), self.acc)
             diag = diag.mul_(self.scale)
         if lse is None:
             lse = torch.logsumexp(scores, dim=-1)
@@ -280,7 +299,9 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
 
 class _LeanTTTAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k0, v0, kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host):
+    def forward(ctx, q, k0, v0, doc_ids, key_valid, scale, chunk, doc_ids_host, steps, *extra):
+        # extra: K_1..K_steps then V_1..V_steps, each [B, Hkv, T, D], as separate inputs (no stacked copy)
+        kd, vd = (list(extra[:steps]), list(extra[steps:])) if steps else (None, None)
         b, hq, t, d = q.shape
         qg = _grouped(q, k0.shape[1])
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, scale)
@@ -296,24 +317,26 @@ class _LeanTTTAttention(torch.autograd.Function):
             o = _matmul_acc(probs.view(b, cc.hkv, c * cc.g, q1 - lo).to(dtype), v0[:, :, lo:q1], cc.acc)
             o = o.view(b, cc.hkv, c, cc.g, d)
             if probs_diag is not None:
-                o += _matmul_acc(probs_diag.to(dtype), vd[:, :, q0:q1], cc.acc)
+                o += _matmul_acc(probs_diag.to(dtype), cc.diag_rows(vd, q0, q1), cc.acc)
             out[:, :, q0:q1] = o
             lse[:, :, q0:q1] = lse_c
-        ctx.save_for_backward(qg, k0, v0, kd, vd, doc_ids, key_valid, lse)
-        ctx.scale, ctx.plan = scale, plan
+        ctx.save_for_backward(qg, k0, v0, doc_ids, key_valid, lse, *extra)
+        ctx.scale, ctx.plan, ctx.steps = scale, plan, steps
         return out.transpose(2, 3).reshape(b, hq, t, d)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qg, k0, v0, kd, vd, doc_ids, key_valid, lse = ctx.saved_tensors
+        qg, k0, v0, doc_ids, key_valid, lse, *extra = ctx.saved_tensors
+        steps = ctx.steps
+        kd, vd = (extra[:steps], extra[steps:]) if steps else (None, None)
         cc = _ChunkContext(qg, k0, v0, kd, vd, doc_ids, key_valid, ctx.scale)
         b, hkv, g, d, acc, dtype = cc.b, cc.hkv, cc.g, cc.d, cc.acc, qg.dtype
         go_g = _grouped(grad_out.to(dtype), hkv)
         dq = torch.empty_like(qg)
         dk0 = torch.zeros(k0.shape, dtype=acc, device=qg.device)
         dv0 = torch.zeros(v0.shape, dtype=acc, device=qg.device)
-        dkd = None if kd is None else torch.empty_like(kd)
-        dvd = None if vd is None else torch.empty_like(vd)
+        dkd = [torch.empty_like(k) for k in kd] if steps else []
+        dvd = [torch.empty_like(v) for v in vd] if steps else []
         for q0, q1, lo in ctx.plan:
             c, kc_len = q1 - q0, q1 - lo
             probs, probs_diag, _ = cc.probs(q0, q1, lo, lse[:, :, q0:q1])
@@ -328,8 +351,10 @@ class _LeanTTTAttention(torch.autograd.Function):
             delta = pdp.sum(dim=-1, keepdim=True)
             pdp_diag = None
             if probs_diag is not None:
-                go, kd_c, vd_c = go_g[:, :, q0:q1], kd[:, :, q0:q1], vd[:, :, q0:q1]
-                dvd[:, :, q0:q1] = torch.matmul(probs_diag.transpose(-1, -2).to(dtype), go)
+                go, kd_c, vd_c = go_g[:, :, q0:q1], cc.diag_rows(kd, q0, q1), cc.diag_rows(vd, q0, q1)
+                dvd_c = torch.matmul(probs_diag.transpose(-1, -2).to(dtype), go)  # [B, Hkv, c, k, D]
+                for j, dv in enumerate(dvd):
+                    dv[:, :, q0:q1] = dvd_c[:, :, :, j]
                 pdp_diag = _matmul_acc(go, vd_c.transpose(-1, -2), acc).mul_(probs_diag)
                 delta += pdp_diag.sum(dim=-1, keepdim=True)
             ds = pdp.sub_(probs.mul_(delta)).mul_(ctx.scale).to(dtype)  # P*dP - P*delta, in place
@@ -339,10 +364,12 @@ class _LeanTTTAttention(torch.autograd.Function):
             if pdp_diag is not None:
                 dsd = pdp_diag.sub_(probs_diag.mul_(delta)).mul_(ctx.scale).to(dtype)
                 dqc += _matmul_acc(dsd, kd_c, acc)
-                dkd[:, :, q0:q1] = torch.matmul(dsd.transpose(-1, -2), qg[:, :, q0:q1])
+                dkd_c = torch.matmul(dsd.transpose(-1, -2), qg[:, :, q0:q1])
+                for j, dk in enumerate(dkd):
+                    dk[:, :, q0:q1] = dkd_c[:, :, :, j]
             dq[:, :, q0:q1] = dqc
         dq = dq.transpose(2, 3).reshape(b, hkv * g, cc.t, d)
-        return dq, dk0.to(k0.dtype), dv0.to(v0.dtype), dkd, dvd, None, None, None, None, None
+        return (dq, dk0.to(k0.dtype), dv0.to(v0.dtype), None, None, None, None, None, None, *dkd, *dvd)
 
 
 def ttt_attention_lean(
@@ -371,8 +398,6 @@ def ttt_attention_lean(
     elif not isinstance(query_chunk_size, int) or query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be a positive int, got {query_chunk_size!r}")
     chunk = min(query_chunk_size, t)
-    kd = torch.stack(list(keys[1:]), dim=3) if len(keys) > 1 else None  # [B,Hkv,T,k,D]
-    vd = torch.stack(list(values[1:]), dim=3) if len(values) > 1 else None
     if doc_ids is not None:
         doc_ids = doc_ids.to(torch.int64)
     if doc_ids_host is not None:
@@ -383,8 +408,9 @@ def ttt_attention_lean(
             )
     if key_valid is not None:
         key_valid = key_valid.to(torch.bool)
+    steps = len(keys) - 1
     return _LeanTTTAttention.apply(
-        query, keys[0], values[0], kd, vd, doc_ids, key_valid, scale, chunk, doc_ids_host
+        query, keys[0], values[0], doc_ids, key_valid, scale, chunk, doc_ids_host, steps, *keys[1:], *values[1:]
     )
 
 
@@ -449,13 +475,37 @@ def _flex_compile_settings() -> dict[str, Any]:
     return settings
 
 
-def _run_flex(query, key, value, block_mask, scale, enable_gqa):
+@functools.cache
+def _flex_has_aux() -> bool:
+    import inspect
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return "return_aux" in inspect.signature(flex_attention).parameters
+
+
+def _run_flex(query, key, value, block_mask, scale, enable_gqa, return_lse=False):
     flex = _flex_attention()
+    kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    aux = return_lse and _flex_has_aux()
+    if return_lse:
+        # torch >= 2.9: return_aux=AuxRequest(lse=True) (return_lse is deprecated there); before: return_lse
+        if aux:
+            from torch.nn.attention.flex_attention import AuxRequest
+
+            kwargs["return_aux"] = AuxRequest(lse=True)
+        else:
+            kwargs["return_lse"] = True
+
+    def call():
+        result = flex(query, key, value, **kwargs)
+        return (result[0], result[1].lse) if aux else result
+
     if flex is not _compiled_flex:
-        return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+        return call()
     try:
         with torch._dynamo.config.patch(**_flex_compile_settings()):
-            return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+            return call()
     except Exception as exc:
         if type(exc).__name__ not in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit"):
             raise
@@ -532,3 +582,96 @@ def masked_attention(
     pad = (0, 0, 0, q_len - n)
     out = _run_flex(F.pad(query, pad), F.pad(key, pad), F.pad(value, pad), attention_mask, scale, hq != hkv)
     return out[:, :, :n]
+
+
+# ---------------------------------------------------------------------------------------------- TTT on flex
+
+_ttt_block_mask_cache: tuple | None = None
+
+
+def ttt_block_mask(doc_ids: torch.Tensor | None, key_valid: torch.Tensor | None, batch: int, seq_len: int,
+                   device: torch.device, *, block_size: int = 128):
+    """FlexAttention ``BlockMask`` of the TTT step-0 block (``Q`` against ``K_0``): query ``q`` sees key
+    ``kv`` iff ``kv <= q``, both in the same document and ``kv`` a real token; a slot always sees itself
+    (the visibility of :func:`eagle_ext.models.masks.block_causal_visibility`).
+
+    Built by ``create_block_mask`` on ``device`` (no host sync) and cached for the same ``doc_ids`` /
+    ``key_valid`` objects, which a TTT unroll passes at every step: one build per unroll."""
+    global _ttt_block_mask_cache
+    import weakref
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (batch, seq_len, str(device), block_size)
+    cached = _ttt_block_mask_cache
+    if (cached is not None and cached[0] == key and cached[1]() is doc_ids and cached[2]() is key_valid):
+        return cached[3]
+
+    def mask_mod(b, h, q, kv):
+        visible = kv <= q
+        if doc_ids is not None:
+            visible = visible & (doc_ids[b, q] == doc_ids[b, kv])
+        if key_valid is not None:
+            visible = visible & key_valid[b, kv]
+        return visible | (q == kv)
+
+    per_row = doc_ids is not None or key_valid is not None
+    mask = create_block_mask(mask_mod, batch if per_row else None, None, seq_len, seq_len, device=device,
+                             BLOCK_SIZE=block_size)
+
+    def ref(t):
+        return (lambda: None) if t is None else weakref.ref(t)
+
+    _ttt_block_mask_cache = (key, ref(doc_ids), ref(key_valid), mask)
+    return mask
+
+
+def ttt_attention_flex(
+    query: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    *,
+    doc_ids: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
+    block_mask: Any = None,
+) -> torch.Tensor:
+    """TTT attention with FlexAttention for the ``T x T`` part: same contract and results as
+    :func:`ttt_attention_reference`.
+
+    The keys are ``[K_0 | K_1..K_k]``: ``K_0`` under the block-causal document mask (a ``BlockMask``:
+    flex skips the empty blocks) and ``K_1..K_k`` on the diagonal only (slot ``t`` sees ``K_j[t]``). The
+    ``K_0`` part runs in one (compiled, on CUDA) flex call that also returns its row ``lse``; the diagonal
+    part is ``k`` dot products per row, merged in log space: ``lse = logaddexp(lse_0, logsumexp(d))``,
+    ``out = exp(lse_0 - lse)·out_0 + Σ_j exp(d_j - lse)·V_j[t]``. Autograd runs through both (flex's
+    backward takes the gradient of its ``lse``). Nothing is concatenated or stacked across steps: the
+    cache's ``K_j`` / ``V_j`` are read (and saved) by reference, so the unroll copies no K/V.
+
+    CUDA with gradients; the forward also runs on CPU (FlexAttention has no CPU backward: the CPU training
+    path is :func:`ttt_attention_lean`, which :func:`ttt_attention` falls back to).
+
+    Raises:
+        ValueError: as :func:`ttt_attention`.
+    """
+    b, hq, hkv, t, d = _check_ttt_inputs(query, keys, values, doc_ids, key_valid)
+    scale = d**-0.5 if scale is None else scale
+    if block_mask is None:
+        block_mask = ttt_block_mask(doc_ids, key_valid.to(torch.bool) if key_valid is not None else None, b, t,
+                                    query.device)
+    out0, lse0 = _run_flex(query, keys[0], values[0], block_mask, scale, hq != hkv, return_lse=True)
+    if len(keys) == 1:
+        return out0
+    acc = _accumulation_dtype(query.dtype)
+    g = hq // hkv
+    qg = _grouped(query, hkv)  # [B, Hkv, T, G, D]
+    # d_j[b, h, t, g] = q[b, h*g, t] . K_j[b, h, t] * scale, as [B, Hkv, T, G, k]
+    diag = torch.cat([_matmul_acc(qg, k.unsqueeze(-1), acc) for k in keys[1:]], dim=-1).mul(scale)
+    lse_0 = lse0.to(acc).view(b, hkv, g, t).transpose(2, 3)  # [B, Hkv, T, G]
+    lse = torch.logaddexp(lse_0, torch.logsumexp(diag, dim=-1))
+    weights = torch.exp(diag - lse.unsqueeze(-1))  # [B, Hkv, T, G, k]
+    # fp32 weights times the operands in their own dtype: the products promote to fp32, and autograd saves
+    # the weights and references to V_j, not fp32 copies of them
+    out = _grouped(out0, hkv) * torch.exp(lse_0 - lse).unsqueeze(-1)
+    for j, v in enumerate(values[1:]):
+        out = out + weights[..., j : j + 1] * v.unsqueeze(3)
+    return out.transpose(2, 3).reshape(b, hq, t, d).to(query.dtype)

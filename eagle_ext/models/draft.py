@@ -35,8 +35,10 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from eagle_ext.models.attention import TTT_ATTENTION_IMPLEMENTATIONS, masked_attention, ttt_attention
+from eagle_ext.models.families import default_draft_shape
 from eagle_ext.models.masks import check_attention_mask, document_ids_from_seq_lens
-from eagle_ext.models.rope import RotaryEmbedding, apply_rotary
+from eagle_ext.models.rope import RotaryEmbedding, apply_rotary, select_rope_parameters
+from eagle_ext.ops._transfer import to_device_async
 
 __all__ = [
     "Eagle3DraftModel",
@@ -44,6 +46,7 @@ __all__ = [
     "LlamaDraftDecoderLayer",
     "RMSNorm",
     "build_draft_config",
+    "effective_norm_weight",
 ]
 
 DRAFT_ARCHITECTURE = "LlamaEagle3DraftModel"
@@ -61,6 +64,22 @@ class RMSNorm(nn.Module):
         xf = x.to(torch.float32)
         xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+@torch.no_grad()
+def effective_norm_weight(norm: nn.Module, hidden_size: int) -> torch.Tensor:
+    """The per-channel gain an RMSNorm-like module applies, whatever its parametrisation: Llama's
+    ``weight * x / rms(x)`` and Gemma's ``(1 + weight) * x / rms(x)`` alike (read by normalising a vector of
+    ones and undoing the ``eps``). What a Llama-convention norm of the draft must hold to match ``norm``.
+
+    Returns:
+        fp32 ``[hidden_size]`` on the module's device.
+    """
+    param = next(iter(norm.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)) or 0.0)
+    ones = torch.ones(1, hidden_size, device=device, dtype=param.dtype if param is not None else torch.float32)
+    return (norm(ones).float() * (1.0 + eps) ** 0.5).reshape(hidden_size)
 
 
 class DraftMLP(nn.Module):
@@ -213,13 +232,26 @@ def build_draft_config(
     norm_output: bool = False,
     attn_implementation: str = "lean",
     num_aux_hidden_states: int = 3,
+    bias: bool = False,
+    intermediate_size: int | None = None,
+    num_attention_heads: int | None = None,
+    num_key_value_heads: int | None = None,
+    head_dim: int | None = None,
+    rope_layer_type: str | None = None,
 ) -> Any:
-    """Draft config: a copy of the target's text config (same class, so ``head_dim``, ``rope_*``,
-    ``attention_bias``, ``rms_norm_eps``... carry over) plus the draft keys ``draft_vocab_size``,
-    ``target_hidden_size``, ``num_aux_hidden_states``, ``fc_norm``, ``norm_output``,
-    ``parallel_drafting``, ``mask_token_id``, ``draft_attn_implementation``, ``architectures`` and the
-    real ``num_hidden_layers`` of the draft (not the target's). ``draft_vocab_size=None`` means the full
-    target vocabulary. See :meth:`Eagle3DraftModel.from_target_config` for validation.
+    """Draft config: a copy of the target's text config (same class, so ``rope_*``, ``rms_norm_eps``,
+    ``hidden_act``... carry over) plus the draft keys ``draft_vocab_size``, ``target_hidden_size``,
+    ``num_aux_hidden_states``, ``fc_norm``, ``norm_output``, ``parallel_drafting``, ``mask_token_id``,
+    ``draft_attn_implementation``, ``architectures`` and the real ``num_hidden_layers`` of the draft (not the
+    target's). ``draft_vocab_size=None`` means the full target vocabulary.
+
+    The draft decoder's shape is its own: ``attention_bias`` / ``mlp_bias`` = ``bias`` (default none: what
+    both engines serve; the target's biases are not copied), and the heads, ``head_dim`` and
+    ``intermediate_size`` given here or, when None,
+    :func:`eagle_ext.models.families.default_draft_shape` of the target (the target's own for dense
+    Llama-like targets; a Llama-like GQA shape for MLA targets, a SwiGLU width for MoE targets whose
+    ``intermediate_size`` is an expert's). A target with per-layer-type RoPE (Gemma 3) gives the draft one:
+    ``rope_layer_type``'s (default ``"full_attention"``). See :meth:`Eagle3DraftModel.from_target_config`.
     """
     text = _text_config(target_config)
     vocab = _check_int("target_config.vocab_size", getattr(text, "vocab_size", None), 1)
@@ -246,11 +278,29 @@ def build_draft_config(
         raise ValueError(
             f"attn_implementation must be one of {TTT_ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}"
         )
-    if getattr(text, "intermediate_size", None) is None:
-        raise ValueError(
-            f"target_config ({type(text).__name__}) has no intermediate_size; the draft needs a Llama-style config"
-        )
+    if not isinstance(bias, bool):
+        raise ValueError(f"bias must be a bool, got {bias!r}")
+    shape = default_draft_shape(text)
+    chosen = {"intermediate_size": intermediate_size, "num_attention_heads": num_attention_heads,
+              "num_key_value_heads": num_key_value_heads, "head_dim": head_dim}
+    for name, value in chosen.items():
+        if value is not None:
+            shape[name] = _check_int(name, value, 1)
+    if num_attention_heads is not None and num_key_value_heads is None:
+        shape["num_key_value_heads"] = num_attention_heads if shape["num_attention_heads"] % shape[
+            "num_key_value_heads"] else shape["num_key_value_heads"]
+    if shape["num_attention_heads"] % shape["num_key_value_heads"]:
+        raise ValueError(f"num_attention_heads ({shape['num_attention_heads']}) must be a multiple of "
+                         f"num_key_value_heads ({shape['num_key_value_heads']})")
+    rope = select_rope_parameters(text, rope_layer_type)
     config = copy.deepcopy(text)
+    for name in ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+        setattr(config, name, shape[name])
+    config.attention_bias = bias
+    config.mlp_bias = bias
+    if rope is not None:  # one RoPE for the draft (a flat dict; the per-layer-type one is left behind)
+        config.rope_parameters = rope
+        config.draft_rope_layer_type = rope_layer_type or "full_attention"
     config.draft_vocab_size = draft_vocab_size
     config.target_hidden_size = text.hidden_size
     config.num_aux_hidden_states = num_aux_hidden_states
@@ -313,8 +363,16 @@ class Eagle3DraftModel(nn.Module):
         freeze_embeddings: bool | None = None,
         attn_implementation: str = "lean",
         num_aux_hidden_states: int = 3,
+        bias: bool = False,
+        intermediate_size: int | None = None,
+        num_attention_heads: int | None = None,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        rope_layer_type: str | None = None,
     ) -> Eagle3DraftModel:
-        """Build a draft sized like the target (H, heads, kv heads, head_dim, intermediate size, RoPE).
+        """Build a draft for the target: its hidden size, vocabulary and RoPE, and a decoder shape (heads, KV
+        heads, head_dim, intermediate size) that defaults to the target's for dense targets (see
+        :func:`build_draft_config` for MLA / MoE targets and per-layer-type RoPE).
 
         Args:
             target_config: the target's HF config (multimodal configs: the text config is used).
@@ -327,18 +385,29 @@ class Eagle3DraftModel(nn.Module):
             norm_output: EAGLE-3.1: ``forward`` returns ``norm(h)`` (carried to the next TTT step) and
                 :meth:`compute_logits` applies no second norm.
             freeze_embeddings: default ``not parallel_drafting``.
-            attn_implementation: TTT attention kernel, ``"lean"`` or ``"eager"``.
+            attn_implementation: TTT attention kernel, ``"lean"``, ``"eager"`` or ``"flex"`` (compiled
+                FlexAttention on CUDA, the lean path elsewhere; see ``eagle_ext.models.attention``).
             num_aux_hidden_states: captured target layers (3).
+            bias: attention and MLP biases in the draft (default none: SGLang / specforge build none; vLLM
+                reads them from a ``speculators`` export). The target's own biases are not copied.
+            intermediate_size, num_attention_heads, num_key_value_heads, head_dim: the draft decoder's shape;
+                None: :func:`eagle_ext.models.families.default_draft_shape` of the target. Setting only
+                ``num_attention_heads`` keeps the default KV heads when they divide it, else uses MHA.
+            rope_layer_type: for a target with per-layer-type RoPE (Gemma 3), whose RoPE the draft uses
+                (default ``"full_attention"``).
 
         Raises:
             ValueError: invalid sizes, ``num_hidden_layers != 1`` without ``parallel_drafting``, a missing
-                or out-of-range ``mask_token_id``, an unknown ``attn_implementation`` or RoPE type.
+                or out-of-range ``mask_token_id``, an unknown ``attn_implementation`` or RoPE type, heads not
+                a multiple of the KV heads, or a ``rope_layer_type`` the target lacks.
         """
         config = build_draft_config(
             target_config, draft_vocab_size,
             num_hidden_layers=num_hidden_layers, parallel_drafting=parallel_drafting, mask_token_id=mask_token_id,
             fc_norm=fc_norm, norm_output=norm_output, attn_implementation=attn_implementation,
-            num_aux_hidden_states=num_aux_hidden_states,
+            num_aux_hidden_states=num_aux_hidden_states, bias=bias, intermediate_size=intermediate_size,
+            num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads, head_dim=head_dim,
+            rope_layer_type=rope_layer_type,
         )
         return cls(config, freeze_embeddings=freeze_embeddings)
 
@@ -509,7 +578,7 @@ class Eagle3DraftModel(nn.Module):
             if not isinstance(seq_lens, torch.Tensor):
                 raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {type(seq_lens).__name__}")
             doc_ids_host = document_ids_from_seq_lens(seq_lens.detach().cpu(), t)
-            doc_ids = doc_ids_host.to(device, non_blocking=True)
+            doc_ids = to_device_async(doc_ids_host, device)
         rows = (key_valid, doc_ids, doc_ids_host)
         self._ttt_rows_cache = (attention_mask, seq_lens, (b, t, device), rows)
         return rows

@@ -34,6 +34,11 @@ def check_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_le
     return attention_mask != 0
 
 
+def _assert_on_device(condition: torch.Tensor, message: str) -> None:
+    """Device-side assertion of a 0-dim bool tensor: queued like a kernel, never read back by the host."""
+    torch._assert_async(condition, message)
+
+
 def document_ids_from_seq_lens(seq_lens: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Per-slot document index of packed rows.
 
@@ -49,22 +54,29 @@ def document_ids_from_seq_lens(seq_lens: torch.Tensor, seq_len: int) -> torch.Te
         TypeError: ``seq_lens`` is not an integer tensor.
         ValueError: wrong rank, negative lengths, or a row that does not sum to ``seq_len``.
 
-    The checks read values back: free on a host tensor, two device-to-host syncs on a CUDA one. The draft
-    calls this once per TTT unroll, on a host copy (``Eagle3DraftModel._ttt_rows``).
+    Host syncs: none. On a host tensor the checks raise the errors above; on a device tensor reading the
+    values back would stall the host until every queued kernel has run (the whole target forward, say),
+    so there they are device-side assertions (``torch._assert_async``): no sync, and a violation makes
+    the next synchronising CUDA call fail with the message below. Keep ``seq_lens`` on the host where you
+    can (the recipe does: it is collated there and checked for free).
     """
     if not isinstance(seq_lens, torch.Tensor) or seq_lens.dtype.is_floating_point or seq_lens.dtype == torch.bool:
         raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {seq_lens!r:.80}")
     if seq_lens.dim() != 2:
         raise ValueError(f"seq_lens must have shape [B, D], got {list(seq_lens.shape)}")
     seq_lens = seq_lens.to(torch.int64)
-    if bool((seq_lens < 0).any()):
-        raise ValueError(f"seq_lens must be non-negative, got {seq_lens.tolist()}")
     sums = seq_lens.sum(dim=1)
-    if bool((sums != seq_len).any()):
-        raise ValueError(
-            f"every row of seq_lens must sum to the row width T={seq_len} (pad is folded into the last "
-            f"document), got row sums {sums.tolist()}"
-        )
+    if seq_lens.device.type != "cpu":
+        _assert_on_device((seq_lens >= 0).all(), "seq_lens must be non-negative")
+        _assert_on_device((sums == seq_len).all(), f"every row of seq_lens must sum to the row width T={seq_len}")
+    else:
+        if bool((seq_lens < 0).any()):
+            raise ValueError(f"seq_lens must be non-negative, got {seq_lens.tolist()}")
+        if bool((sums != seq_len).any()):
+            raise ValueError(
+                f"every row of seq_lens must sum to the row width T={seq_len} (pad is folded into the last "
+                f"document), got row sums {sums.tolist()}"
+            )
     ends = seq_lens.cumsum(dim=1)  # exclusive end of each document
     positions = torch.arange(seq_len, device=seq_lens.device).expand(seq_lens.shape[0], seq_len)
     return torch.searchsorted(ends.contiguous(), positions.contiguous(), right=True)
@@ -77,6 +89,7 @@ def block_causal_visibility(
     k_range: tuple[int, int],
     *,
     device: torch.device | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Boolean visibility of a query block against a key block of the causal (step-0) attention.
 
@@ -86,10 +99,19 @@ def block_causal_visibility(
         q_range: ``(q0, q1)`` query slots ``q0..q1-1``.
         k_range: ``(k0, k1)`` key slots ``k0..k1-1``.
         device: where to build the mask when both tensors are None.
+        sliding_window: a sliding-window layer's window ``W``: the key must also satisfy ``q - k < W`` (slots
+            of one document are consecutive positions, so this is the window of the positions); None: no window.
 
     Returns:
         bool ``[B or 1, 1, q1-q0, k1-k0]``; True where the query may attend to the key.
+
+    Raises:
+        ValueError: ``sliding_window`` is not None or a positive int.
     """
+    if sliding_window is not None and (
+        isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1
+    ):
+        raise ValueError(f"sliding_window must be None or a positive int, got {sliding_window!r}")
     q0, q1 = q_range
     k0, k1 = k_range
     ref = doc_ids if doc_ids is not None else key_valid
@@ -97,6 +119,8 @@ def block_causal_visibility(
     q_idx = torch.arange(q0, q1, device=dev)
     k_idx = torch.arange(k0, k1, device=dev)
     causal = k_idx[None, :] <= q_idx[:, None]
+    if sliding_window is not None:
+        causal = causal & (q_idx[:, None] - k_idx[None, :] < sliding_window)
     self_slot = k_idx[None, :] == q_idx[:, None]
     visible = causal[None, None]
     if doc_ids is not None:

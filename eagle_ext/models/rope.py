@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["rope_parameters_from_config", "compute_inv_freq", "RotaryEmbedding", "apply_rotary"]
+__all__ = ["rope_parameters_from_config", "select_rope_parameters", "compute_inv_freq", "RotaryEmbedding",
+           "apply_rotary"]
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -36,6 +37,42 @@ def _head_dim(config: Any) -> int:
     return int(head_dim)
 
 
+def select_rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any] | None:
+    """The one RoPE a Llama draft takes from a target with per-layer-type RoPE (Gemma 3: ``rope_parameters =
+    {"full_attention": {...}, "sliding_attention": {...}}``).
+
+    Args:
+        config: the target's text config.
+        layer_type: whose RoPE to take; None: ``"full_attention"`` (the global layers', which see the whole
+            context, as the draft does).
+
+    Returns:
+        The chosen layer type's parameter dict (a copy), or None when the target has one RoPE for every layer
+        (then ``layer_type`` must be None or one of the target's layer types).
+
+    Raises:
+        ValueError: ``layer_type`` names no RoPE of the target (the message lists the choices).
+    """
+    params = getattr(config, "rope_parameters", None) or {}
+    per_type = {k: v for k, v in params.items() if isinstance(v, dict)}
+    if per_type:
+        chosen = layer_type or "full_attention"
+        if chosen not in per_type:
+            raise ValueError(f"draft.rope_layer_type must name one of the target's per-layer-type RoPEs "
+                             f"{sorted(per_type)}, got {layer_type!r}")
+        return dict(per_type[chosen])
+    if layer_type is not None:
+        if layer_type == "sliding_attention" and getattr(config, "rope_local_base_freq", None) is not None:
+            # transformers 4.x Gemma 3 layout: rope_theta / rope_scaling are the global layers', the local
+            # (sliding) layers use rope_local_base_freq without scaling
+            return {"rope_type": "default", "rope_theta": float(config.rope_local_base_freq)}
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        if layer_type not in layer_types:
+            raise ValueError(f"draft.rope_layer_type must be null or one of the target's layer types "
+                             f"{sorted(layer_types)}, got {layer_type!r}")
+    return None
+
+
 def rope_parameters_from_config(config: Any) -> dict[str, Any]:
     """Normalised RoPE settings of a (text) model config.
 
@@ -44,14 +81,22 @@ def rope_parameters_from_config(config: Any) -> dict[str, Any]:
     ``original_max_position_embeddings``, ``beta_fast``, ``beta_slow``, ``mscale``, ``mscale_all_dim``,
     ``attention_factor``, ``truncate`` where relevant).
 
+    A per-layer-type config (Gemma 3) resolves to its ``"full_attention"`` RoPE (see
+    :func:`select_rope_parameters`; the draft built by :func:`eagle_ext.models.build_draft_config` carries the
+    chosen one as a flat dict).
+
     Raises:
-        ValueError: per-layer-type RoPE dicts, or an unsupported ``rope_type``.
+        ValueError: an unsupported ``rope_type``, or a per-layer-type config without a full-attention RoPE.
     """
     params = dict(getattr(config, "rope_parameters", None) or {})
     if any(isinstance(v, dict) for v in params.values()):
-        raise ValueError(
-            f"per-layer-type rope_parameters are not supported by the Llama draft, got keys {sorted(params)}"
-        )
+        flat = {k: v for k, v in params.items() if not isinstance(v, dict)}
+        if getattr(config, "draft_rope_layer_type", None) and "rope_type" in flat:
+            # a draft config: its one RoPE is the flat part (a Gemma 3 config class re-adds per-layer-type
+            # defaults when the config is read back from JSON)
+            params = flat
+        else:
+            params = select_rope_parameters(config, None) or {}
     if not params:  # transformers 4.x layout (in 5.x `rope_scaling` aliases `rope_parameters`)
         params = dict(getattr(config, "rope_scaling", None) or {})
     rope_type = params.get("rope_type") or params.get("type") or "default"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eagle_ext.models.families import check_packing_supported, target_layer_attention
 from eagle_ext.models.masks import block_causal_visibility, document_ids_from_seq_lens
 
 __all__ = [
@@ -105,24 +106,27 @@ def find_decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def build_block_causal_additive_mask(
-    seq_lens: torch.Tensor, seq_len: int, dtype: torch.dtype = torch.float32
+    seq_lens: torch.Tensor, seq_len: int, dtype: torch.dtype = torch.float32, *, sliding_window: int | None = None
 ) -> torch.Tensor:
-    """Additive attention mask of packed rows: 0 where a query may see a key (same document, causal),
-    ``finfo(dtype).min`` elsewhere.
+    """Additive attention mask of packed rows: 0 where a query may see a key (same document, causal, and
+    within ``sliding_window`` when given), ``finfo(dtype).min`` elsewhere.
 
     Args:
         seq_lens: int ``[B, D]`` document lengths, zero-padded; every row must sum to ``seq_len``.
         seq_len: row width T.
         dtype: floating dtype of the mask (the target's parameter dtype).
+        sliding_window: a sliding-window layer's window W: query ``q`` also needs ``q - k < W`` (transformers'
+            convention: the window counts the query itself); None for full attention.
 
     Returns:
         ``[B, 1, T, T]`` of ``dtype`` on ``seq_lens.device``.
 
     Raises:
-        TypeError / ValueError: as :func:`eagle_ext.models.masks.document_ids_from_seq_lens`.
+        TypeError / ValueError: as :func:`eagle_ext.models.masks.document_ids_from_seq_lens`, or a
+            ``sliding_window`` that is not a positive int.
     """
     doc_ids = document_ids_from_seq_lens(seq_lens, seq_len)
-    visible = block_causal_visibility(doc_ids, None, (0, seq_len), (0, seq_len))
+    visible = block_causal_visibility(doc_ids, None, (0, seq_len), (0, seq_len), sliding_window=sliding_window)
     zero = torch.zeros((), dtype=dtype, device=seq_lens.device)
     return torch.where(visible, zero, torch.finfo(dtype).min)
 
@@ -254,8 +258,12 @@ class Eagle3TargetModel:
             loss_mask: ``[B, T]`` 1 on supervised (assistant) tokens, unshifted.
             position_ids: int ``[B, T]``; required with ``seq_lens`` (per-document positions).
             seq_lens: int ``[B, D]`` packed document lengths (rows sum to T). Non-flash targets get a
-                ``[B, 1, T, T]`` block-causal additive mask; flash-attention targets get
-                ``attention_mask=None`` plus per-document ``position_ids`` (needs B == 1).
+                ``[B, 1, T, T]`` block-causal additive mask, and each sliding-window layer its own mask
+                (block-causal within the window; see :meth:`_packed_layer_masks`), so a packed row reproduces
+                each document run alone on every layer type; flash-attention targets get
+                ``attention_mask=None`` plus per-document ``position_ids`` (needs B == 1; the flash kernel
+                applies each layer's window itself). Targets with recurrent / linear-attention layers are
+                refused (:func:`eagle_ext.models.families.check_packing_supported`).
             doc_remaining: int ``[B, T]`` tokens left in each slot's document (packing gate), passed through.
 
         Returns:
@@ -263,7 +271,8 @@ class Eagle3TargetModel:
 
         Raises:
             ValueError: shape mismatches, packing without ``position_ids`` (or a forward that does not
-                accept them), flash packing with B > 1, or a hooked layer that did not run.
+                accept them), flash packing with B > 1, packing on a target with recurrent / linear-attention
+                layers, or a hooked layer that did not run.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape [B, T], got {list(input_ids.shape)}")
@@ -276,7 +285,10 @@ class Eagle3TargetModel:
         for flag in ("use_cache", "output_hidden_states", "output_attentions"):
             if self._accepts(flag):
                 kwargs[flag] = False
+        layer_masks: dict[int, torch.Tensor] = {}
         if seq_lens is not None:
+            if self.config is not None:
+                check_packing_supported(self.config)
             if position_ids is None or not self._accepts("position_ids"):
                 raise ValueError(
                     "packed rows (seq_lens given) need per-document position_ids and a target forward that accepts them"
@@ -291,6 +303,7 @@ class Eagle3TargetModel:
                 kwargs["attention_mask"] = None
             else:
                 kwargs["attention_mask"] = build_block_causal_additive_mask(seq_lens, t, self._param_dtype())
+                layer_masks = self._packed_layer_masks(seq_lens, t)
         else:
             kwargs["attention_mask"] = attention_mask
             if position_ids is not None and self._accepts("position_ids"):
@@ -299,13 +312,23 @@ class Eagle3TargetModel:
         self.model.eval()
         captured: dict[int, torch.Tensor] = {}
         handles = []
+        unmasked: list[int] = []
         try:
             for layer_id in self.aux_layer_ids:
                 handles.append(self.layers[layer_id].register_forward_hook(self._capture(captured, layer_id)))
+            for layer_id, mask in layer_masks.items():
+                handles.append(self.layers[layer_id].register_forward_pre_hook(
+                    self._replace_mask(mask, layer_id, unmasked), with_kwargs=True))
             outputs = self.model(**kwargs)
         finally:
             for handle in handles:
                 handle.remove()
+        if unmasked:
+            raise ValueError(
+                f"target decoder layers {sorted(set(unmasked))} run sliding-window attention but were called without "
+                "an attention_mask keyword (this transformers version passes it otherwise), so packed rows cannot get "
+                "their window; train this target on padded rows (data.packed_sequence_size: 0)"
+            )
         missing = [i for i in self.aux_layer_ids if i not in captured]
         if missing:
             raise ValueError(f"target decoder layers {missing} did not run during the forward")
@@ -323,6 +346,42 @@ class Eagle3TargetModel:
             seq_lens=seq_lens,
             doc_remaining=doc_remaining,
         )
+
+    def _packed_layer_masks(self, seq_lens: torch.Tensor, t: int) -> dict[int, torch.Tensor]:
+        """Per sliding-window decoder layer, its packed-row mask (block-causal within the window).
+
+        transformers applies a 4-D mask given to the model as it is to every layer type, so the window of a
+        sliding layer would be lost; each such layer gets its own mask through a forward pre-hook that
+        replaces the ``attention_mask`` keyword the model hands the layer (the same mechanism for every
+        transformers version and family: Mistral / Phi-3's all-sliding layers, gpt-oss / Gemma 3 / Qwen2's
+        mixed ``layer_types``). Full-attention layers keep the model's block-causal mask. ``{}`` when the
+        target has no sliding layer (or no config)."""
+        if self.config is None:
+            return {}
+        kinds = target_layer_attention(self.config)
+        by_window: dict[int, torch.Tensor] = {}
+        out: dict[int, torch.Tensor] = {}
+        for layer_id in range(min(len(kinds), len(self.layers))):
+            window = kinds[layer_id].window
+            if kinds[layer_id].kind != "sliding_attention" or window is None or window >= t:
+                continue  # a window as wide as the row masks nothing more than block-causal
+            if window not in by_window:
+                by_window[window] = build_block_causal_additive_mask(
+                    seq_lens, t, self._param_dtype(), sliding_window=window)
+            out[layer_id] = by_window[window]
+        return out
+
+    @staticmethod
+    def _replace_mask(mask: torch.Tensor, layer_id: int, unmasked: list[int]):
+        def hook(_module, args, kwargs):
+            if "attention_mask" not in kwargs:
+                unmasked.append(layer_id)
+                return None
+            kwargs = dict(kwargs)
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        return hook
 
     @staticmethod
     def _capture(store: dict[int, torch.Tensor], layer_id: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 from eagle_ext.offline.manifest import CACHE_DTYPES
 from eagle_ext.offline.options import PrecomputeOptions
@@ -75,6 +76,19 @@ def _options(args: argparse.Namespace) -> PrecomputeOptions:
     return PrecomputeOptions(**values)
 
 
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this cache: the same arguments plus ``--resume``."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or [])
+    if not argv:
+        return "the same command with --resume"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    head = (["torchrun", f"--nproc-per-node={os.environ.get('LOCAL_WORLD_SIZE', world)}", "-m", "eagle_ext"]
+            if world > 1 else ["eagle-ext"])
+    return shlex.join([*head, *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
 def run(args: argparse.Namespace) -> int:
     if args.verify is not None:
         return _verify(args.verify, not args.no_progress)
@@ -96,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = precompute_cache(**dataclasses.asdict(opts))
         rank = f"rank {dist.get_rank()}: " if dist.is_initialized() else ""
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"eagle-ext precompute: interrupted (Ctrl-C); finished shards in {opts.output_dir} are kept; "
+                  f"continue with: {resume_command(args)}", file=sys.stderr)
+        return 130
     finally:
         if started:
             dist.destroy_process_group()

@@ -37,6 +37,7 @@ import os
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
+from eagle_ext.ops._transfer import to_device_async
 from eagle_ext.ops.cod_mask import check_cod_inputs, cod_mask_mod
 
 __all__ = ["build_cod_block_mask", "cod_block_mask_reference"]
@@ -258,12 +259,12 @@ def build_cod_block_mask(
         lo = torch.cat([lo, lo.new_zeros(padded - n)])
         hi = torch.cat([hi, hi.new_zeros(padded - n)])
     rollout = _rollout_block_counts(anchor_pos, depth, document_ids, block_size, -(-padded // block_size))
-    # Host-to-device copies of freshly made host tensors: asynchronous, no sync.
-    lo, hi, rollout = (t.to(device, non_blocking=True) for t in (lo, hi, rollout))
+    # Host-to-device copies of freshly made host tensors: pinned, asynchronous, no sync.
+    lo, hi, rollout = (to_device_async(t, device) for t in (lo, hi, rollout))
     build = _tensors_triton if backend == "triton" else _tensors_torch
     tensors = [t[None, None] for t in build(lo, hi, rollout, block_size)]
     kv_num, kv_idx, full_kv_num, full_kv_idx, q_num, q_idx, full_q_num, full_q_idx = tensors
-    mask_inputs = (t.to(device, non_blocking=True) for t in (anchor_pos, depth, document_ids))
+    mask_inputs = (to_device_async(t, device) for t in (anchor_pos, depth, document_ids))
     return BlockMask(
         seq_lengths=(padded, padded),
         kv_num_blocks=kv_num,

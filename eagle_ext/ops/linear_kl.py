@@ -9,10 +9,21 @@ distribution ``p`` over the draft vocab:
 and returns the SUM over the rows selected by ``mask`` (the caller divides by its own count), plus the
 per-row ``argmax z`` and ``argmax p`` for accuracy / tau_sim, without holding the ``[N, Vd]`` logits.
 
-Three implementations with the same semantics (``impl``):
+Four implementations with the same semantics (``impl``):
 
+- ``"gemm"``: gradient computed in the forward pass (Liger-style), default on CUDA. Per row chunk: the
+  logits ``z`` by a cuBLAS GEMM (fp32 output where torch allows it), then one Triton row kernel
+  (``eagle_ext.ops.triton.linear_kl_rows``; its torch twin ``_rows_torch`` off CUDA) for the softmax,
+  the row loss, the argmaxes and ``dz`` (for ``grad_output = 1``, in the GEMM dtype), then cuBLAS
+  ``dH[chunk] = dz @ W`` and ``dW += dz.T @ hidden`` into ONE fp32 ``[Vd, H]`` buffer. Backward only
+  scales the saved ``dH`` / ``dW`` by ``grad_output`` (6·N·H·Vd FLOPs in all, the 3-GEMM bound). A
+  weight in a wider dtype than the GEMM's (an fp32 master weight under bf16 autocast) is cast once and the
+  cast is cached until the weight changes (keyed on the tensor and its version counter: once per
+  optimiser step). Memory: ``dH`` + the fp32 ``dW`` (+ the cached cast) are held from forward to backward
+  PER CALL, so a TTT unroll of k calls before one backward holds k of them.
 - ``"triton"``: ``eagle_ext.ops.triton.linear_kl`` (tiled online softmax, z recomputed in backward;
-  the module docstring justifies that choice for the TTT unroll). Default on CUDA.
+  the module docstring justifies that choice for the TTT unroll): three fp32 per row kept per call, for
+  when memory is the constraint -- the EAGLE-3 TTT unroll uses it on CUDA.
 - ``"chunked"``: a torch ``autograd.Function`` over row chunks, O(chunk x Vd) extra memory, all math in
   fp32. Like the Triton path it keeps only three fp32 per row for backward and recomputes the logits
   chunk by chunk there (4 GEMMs instead of 3): keeping dW [Vd, H] from forward would hold one fp32
@@ -47,7 +58,7 @@ from torch import Tensor
 from eagle_ext.ops._checks import check_int
 
 MODES = ("soft_ce", "kl")
-IMPLS = ("auto", "triton", "chunked", "reference")
+IMPLS = ("auto", "gemm", "triton", "chunked", "reference")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -55,6 +66,9 @@ _MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, t
 # (enough for efficient GEMMs) -- tuned on CPU at N=4096, H=1024, Vd=32000 (benchmarks/bench_fused_linear_kl.py).
 _CHUNK_BYTES = 64 * 2**20
 _MIN_CHUNK_ROWS = 64
+# Rows per chunk of the gemm path: about 64 MiB of fp32 logits (Vd = 32768: 512 rows, still a GEMM of
+# 512 x H x Vd that fills the GPU; the bf16 dz of the chunk adds half of that).
+_GEMM_CHUNK_BYTES = 64 * 2**20
 
 
 class FusedLinearKLResult(NamedTuple):
@@ -437,6 +451,152 @@ class _TritonFusedLinearKL(torch.autograd.Function):
         return dh, dw, None, None, None
 
 
+# ---------------------------------------------------------------------------------------------- gemm path
+
+
+def _rows_torch(z, target, keep, dz, row_loss, draft_argmax, target_argmax, *, r0, is_logits, kl, row_offset,
+                seq_len):
+    """Plain-torch twin of ``eagle_ext.ops.triton.linear_kl_rows.rows`` (same arguments, same outputs):
+    the row kernel of the gemm path off CUDA, and its reference in the tests."""
+    m, v = z.shape
+    if m == 0:
+        return
+    r1 = r0 + m
+    zf = z.float()
+    lse = torch.logsumexp(zf, dim=1)
+    draft_argmax[r0:r1] = zf.argmax(1)
+    rows = torch.arange(r0, r1, device=z.device)
+    valid = rows % seq_len + row_offset < seq_len
+    t = _target_chunk(target, r0, r1, row_offset).float()
+    t = torch.where(valid.unsqueeze(1), t, torch.zeros((), device=t.device))
+    target_argmax[r0:r1] = t.argmax(1)
+    if is_logits:
+        t_lse = torch.logsumexp(t, dim=1, keepdim=True)
+        p = torch.exp(t - t_lse)
+        psum = torch.ones(m, device=z.device)
+    else:
+        p = t
+        psum = p.sum(1)
+    loss = psum * lse - _rowdot(p, zf)
+    if kl:
+        loss = loss + torch.xlogy(p, p).sum(1)
+    row_loss[r0:r1] = loss
+    if dz is not None:
+        grad = psum.unsqueeze(1) * torch.exp(zf - lse.unsqueeze(1)) - p
+        dz.copy_(torch.where(keep[r0:r1].bool().unsqueeze(1), grad, torch.zeros((), device=z.device)))
+
+
+def _row_kernel(device: torch.device):
+    """The gemm path's row kernel: Triton on CUDA (or CPU tensors under ``TRITON_INTERPRET=1``), else the
+    torch twin."""
+    if _triton_available() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        from eagle_ext.ops.triton.linear_kl_rows import rows
+
+        return rows
+    return _rows_torch
+
+
+class _WeightCast(NamedTuple):
+    ref: object  # weakref to the weight
+    version: int
+    data_ptr: int
+    cast: Tensor
+
+
+_WEIGHT_CASTS: dict[tuple[int, torch.dtype], _WeightCast] = {}
+_MAX_WEIGHT_CASTS = 4
+
+
+def cast_weight_cached(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight.detach().to(dtype)``, made once per version of the weight.
+
+    The cast is reused while the same tensor object keeps its storage and its version counter (every
+    in-place update -- an optimiser step, ``copy_`` -- bumps it), so an fp32 master weight is cast to bf16
+    once per optimiser step however many times the loss reads it (TTT steps, P-EAGLE segments, gradient
+    accumulation). At most four casts are kept (least recently made dropped first)."""
+    import weakref
+
+    if weight.dtype == dtype:
+        return weight.detach()
+    key = (id(weight), dtype)
+    hit = _WEIGHT_CASTS.get(key)
+    if (hit is not None and hit.ref() is weight and hit.version == weight._version
+            and hit.data_ptr == weight.data_ptr()):
+        return hit.cast
+    cast = weight.detach().to(dtype)
+    _WEIGHT_CASTS.pop(key, None)
+    while len(_WEIGHT_CASTS) >= _MAX_WEIGHT_CASTS:
+        _WEIGHT_CASTS.pop(next(iter(_WEIGHT_CASTS)))
+    _WEIGHT_CASTS[key] = _WeightCast(weakref.ref(weight), weight._version, weight.data_ptr(), cast)
+    return cast
+
+
+def _gemm_forward(hidden, weight_dot, keep, target, opt: _Options):
+    """Row losses, argmaxes and (when gradients are needed) ``dH`` (hidden's dtype) and fp32 ``dW`` for
+    ``grad_output = 1``, one row chunk at a time. ``hidden`` and ``weight_dot`` share the GEMM dtype."""
+    from eagle_ext.ops._gemm import _addmm_into, _fp32_out_supported, _mm_into
+
+    n, h = hidden.shape
+    v = weight_dot.shape[0]
+    dev = hidden.device
+    need_grad = opt.need_dh or opt.need_dw
+    row_loss = torch.empty(n, dtype=torch.float32, device=dev)
+    draft_argmax = torch.empty(n, dtype=torch.int64, device=dev)
+    target_argmax = torch.empty(n, dtype=torch.int64, device=dev)
+    dh = torch.empty(n, h, dtype=hidden.dtype, device=dev) if opt.need_dh else None
+    dw = torch.zeros(v, h, dtype=torch.float32, device=dev) if opt.need_dw else None
+    if n == 0:
+        return row_loss, draft_argmax, target_argmax, dh, dw
+    rows = opt.chunk_size if opt.chunk_size is not None else max(_MIN_CHUNK_ROWS, _GEMM_CHUNK_BYTES // (4 * v))
+    rows = max(1, min(rows, n))
+    fp32_logits = hidden.dtype == torch.float32 or _fp32_out_supported(dev.type, hidden.dtype)
+    z_buf = torch.empty(rows * v, dtype=torch.float32 if fp32_logits else hidden.dtype, device=dev)
+    dz_buf = None
+    if need_grad:
+        dz_buf = z_buf if z_buf.dtype == hidden.dtype else torch.empty(rows * v, dtype=hidden.dtype, device=dev)
+    keep_u8 = keep.to(torch.uint8)
+    kernel = _row_kernel(dev)
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        m = r1 - r0
+        z = z_buf[: m * v].view(m, v)
+        _mm_into(z, hidden[r0:r1], weight_dot.t())
+        dz = None if dz_buf is None else dz_buf[: m * v].view(m, v)
+        kernel(z, target, keep_u8, dz, row_loss, draft_argmax, target_argmax, r0=r0, is_logits=opt.is_logits,
+               kl=opt.kl, row_offset=opt.row_offset, seq_len=opt.seq_len or n)
+        if dh is not None:
+            torch.mm(dz, weight_dot, out=dh[r0:r1])
+        if dw is not None:
+            _addmm_into(dw, dz.t(), hidden[r0:r1])
+    return row_loss, draft_argmax, target_argmax, dh, dw
+
+
+class _GemmFusedLinearKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, keep, target, opt):
+        weight_dot = cast_weight_cached(weight, hidden.dtype)
+        row_loss, draft_argmax, target_argmax, dh, dw = _gemm_forward(hidden, weight_dot, keep, target, opt)
+        loss = torch.where(keep, row_loss, torch.zeros_like(row_loss)).sum()
+        # the gradients themselves, not inputs: kept on ctx (no version checks needed, freed after use)
+        ctx.grads = (dh, dw)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(draft_argmax, target_argmax)
+        return loss, draft_argmax, target_argmax
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_draft_argmax, _grad_target_argmax):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_kl(impl='gemm'): backward ran twice; its gradients are computed in "
+                               "forward and used once (use impl='triton' or 'chunked' with retain_graph)")
+        dh, dw = ctx.grads
+        ctx.grads = None
+        g = grad_loss.detach()
+        grad_h = None if dh is None else dh.mul_(g)
+        grad_w = None if dw is None else dw.mul_(g).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None
+
+
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -473,10 +633,13 @@ def fused_linear_kl(
             inside (no fp32 [N, Vd] tensor on the fused paths). Give exactly one of the two targets; both
             are treated as constants (no gradient is returned for them).
         mode: ``"soft_ce"`` (``-Σ p·log_softmax(z)``) or ``"kl"`` (``Σ p·(log p - log_softmax(z))``).
-        impl: ``"auto"`` (Triton on CUDA, chunked elsewhere), ``"triton"`` (CUDA, or CPU tensors under
-            ``TRITON_INTERPRET=1``), ``"chunked"`` or ``"reference"``.
-        chunk_size: chunked path: rows per chunk; Triton path: vocab columns per backward chunk; None picks
-            a default (see the implementations). Ignored by the reference.
+        impl: ``"auto"`` (``"gemm"`` on CUDA, chunked elsewhere), ``"gemm"`` (gradient in forward; any
+            device: the row kernel is Triton on CUDA and under ``TRITON_INTERPRET=1``, its torch twin
+            elsewhere), ``"triton"`` (recompute in backward; CUDA, or CPU tensors under
+            ``TRITON_INTERPRET=1``), ``"chunked"`` or ``"reference"``. See the module docstring for when
+            each is the right one (``"triton"`` where memory is the constraint).
+        chunk_size: chunked and gemm paths: rows per chunk; Triton path: vocab columns per backward chunk;
+            None picks a default (see the implementations). Ignored by the reference.
         row_offset: int >= 0: row ``n`` reads target row ``n + row_offset``; rows whose offset target lies
             past the end of their sequence are unselected (see the module docstring). 0 by default.
         seq_len: rows per sequence for ``row_offset`` (N must be a multiple); None: one sequence of N rows.
@@ -513,7 +676,7 @@ def fused_linear_kl(
         hidden, weight, mask, target_probs, target_logits, mode, row_offset, seq_len
     )
     if impl == "auto":
-        impl = "triton" if hidden.is_cuda and _triton_available() else "chunked"
+        impl = "gemm" if hidden.is_cuda and _triton_available() else "chunked"
     elif impl == "triton":
         if not _triton_available():
             raise ValueError("impl='triton' needs the triton package, which is not installed")
@@ -525,6 +688,14 @@ def fused_linear_kl(
     need_dh = grad_on and hidden.requires_grad
     need_dw = grad_on and weight.requires_grad
     dot_dtype, tf32 = None, False
+    if impl == "gemm":
+        # the GEMMs run in the (autocast / promoted) dtype of a torch linear; the weight is cast once per
+        # optimiser step (cast_weight_cached), hidden [N, H] here (autograd casts its gradient back)
+        autocast = _cuda_autocast_dtype() if hidden.is_cuda else None
+        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+        if dtype == torch.float32 and autocast in (torch.bfloat16, torch.float16):
+            dtype = autocast
+        hidden = hidden.to(dtype)
     if impl == "triton":
         if hidden.is_cuda:
             tf32 = matmul_allows_tf32()
@@ -539,7 +710,7 @@ def fused_linear_kl(
         # inside the kernels, so no copy of [Vd, H] is made or kept
         hidden = hidden.to(dot_dtype)
     opt = _Options(is_logits, mode == "kl", chunk_size, need_dh, need_dw, row_offset, seq_len, dot_dtype, tf32)
-    fn = _TritonFusedLinearKL if impl == "triton" else _ChunkedFusedLinearKL
+    fn = {"triton": _TritonFusedLinearKL, "gemm": _GemmFusedLinearKL}.get(impl, _ChunkedFusedLinearKL)
     loss, draft_argmax, target_argmax = fn.apply(hidden, weight, keep, target, opt)
     if valid is not None:
         target_argmax = torch.where(valid, target_argmax, torch.zeros_like(target_argmax))

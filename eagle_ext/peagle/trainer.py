@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eagle_ext.ops._transfer import to_device_async
 from eagle_ext.ops.cod import assign_cod_segments, generate_cod_sample_indices, resolve_seed
 from eagle_ext.ops.cod_mask import depth_major_order
 
@@ -288,6 +289,7 @@ class PEagleTrainerModule(nn.Module):
         *,
         cod_indices: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
         num_segments: int | None = None,
+        device: torch.device | str | None = None,
     ) -> PEaglePlan:
         """Sample COD once per row and split the elements into segments (Algorithm 1 + causal completion).
 
@@ -296,6 +298,10 @@ class PEagleTrainerModule(nn.Module):
             attention_mask: ``[B, L]`` real-token mask (default: all real).
             cod_indices: optional precomputed per-row ``(anchor, depth)``.
             num_segments: S (default ``sequence_partitions``).
+            device: where ``total_den`` lives (default: ``loss_mask``'s device). Pass host masks and the
+                training device to build the plan without any host sync: the recipe does, with host copies
+                of the collated masks taken before the target forward. Device masks cost one
+                device-to-host copy, which waits for every kernel queued before it.
 
         Returns:
             :class:`PEaglePlan`; ``total_den`` is the batch's supervised-element count (fp32, >= 1).
@@ -325,7 +331,8 @@ class PEagleTrainerModule(nn.Module):
                     continue
                 units.append(PEagleUnit(row, s, anchor[in_seg], depth[in_seg], (owned & supervised)[in_seg], doc))
         # torch.full writes the value on the device (no host-to-device copy to wait for).
-        total_den = torch.full((), float(max(total, 1)), dtype=torch.float32, device=loss_mask.device)
+        total_den = torch.full((), float(max(total, 1)), dtype=torch.float32,
+                               device=loss_mask.device if device is None else device)
         return PEaglePlan(units, total_den, b, segments)
 
     # ------------------------------------------------------------------------------------ forward
@@ -349,7 +356,7 @@ class PEagleTrainerModule(nn.Module):
             )
         from eagle_ext.ops.cod_mask import dense_cod_mask
 
-        dense_inputs = (t.to(device, non_blocking=True) for t in (anchor, depth, document_ids))
+        dense_inputs = (to_device_async(t, device) for t in (anchor, depth, document_ids))
         return dense_cod_mask(*dense_inputs, validate=False)[None, None]  # indices checked on the host
 
     def _unit_loss(self, row, anchor, depth, loss_positions, document_ids, input_ids, aux_hidden_states,
@@ -364,8 +371,8 @@ class PEagleTrainerModule(nn.Module):
         n_ctx = int(is_ctx.sum())  # host tensors: no sync
         if n_ctx and not bool(is_ctx[:n_ctx].all()):
             raise ValueError("COD elements must be in depth-major order (all depth-0 elements first)")
-        orig = (anchor + depth).to(device, non_blocking=True)
-        loss_positions = loss_positions.to(device, non_blocking=True)
+        orig = to_device_async(anchor + depth, device)
+        loss_positions = to_device_async(loss_positions, device)
         ids = input_ids[row].index_select(0, orig)
         ids[n_ctx:] = self.mask_token_id
         context = draft.project_hidden_states(aux_hidden_states[row].index_select(0, orig[:n_ctx]))
@@ -381,7 +388,7 @@ class PEagleTrainerModule(nn.Module):
             target_logits=target, mode="kl", impl=self.loss_impl,
         )
         correct = (res.draft_argmax == res.target_argmax) & loss_positions
-        return res.loss.to(torch.float32), correct, depth.to(device, non_blocking=True)
+        return res.loss.to(torch.float32), correct, to_device_async(depth, device)
 
     def _metrics(self, loss, device_depths, corrects, host_depths, valids) -> PEagleStepMetrics:
         """Per-depth counts: ``corrects`` (bool, device) against ``device_depths``; ``valids`` (supervised
@@ -393,7 +400,7 @@ class PEagleTrainerModule(nn.Module):
         depth_valid = torch.zeros(k, dtype=torch.int64)
         for depth, valid in zip(host_depths, valids, strict=True):
             depth_valid += torch.bincount(depth[valid], minlength=k)[:k]
-        depth_valid = depth_valid.to(loss.device, non_blocking=True)
+        depth_valid = to_device_async(depth_valid, loss.device)
         valid_tokens = depth_valid.sum()
         accuracy = depth_correct.sum().to(torch.float32) / valid_tokens.clamp_min(1).to(torch.float32)
         return PEagleStepMetrics(loss, accuracy.detach(), valid_tokens, depth_correct, depth_valid)

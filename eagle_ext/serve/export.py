@@ -49,9 +49,11 @@ __all__ = [
     "ExportedDraft",
     "check_export",
     "detect_export_format",
+    "export_engine_notes",
     "export_draft",
     "export_trained_draft",
     "check_algorithm_format",
+    "convert_export",
     "load_exported_draft",
 ]
 
@@ -368,6 +370,12 @@ def export_draft(
         "draft_vocab_order": "ascending target id",
         "metadata": metadata,
     }
+    from eagle_ext.serve.engine_limits import engine_limit_notes
+
+    limits = engine_limit_notes(getattr(cfg, "model_type", None), target_architectures)
+    if limits:  # only for families an engine is known not to serve (other exports are unchanged)
+        block["target_model_type"] = cfg.model_type
+        block["engine_limits"] = limits
     layer = _layer_config(cfg, len(draft.model.layers))
     if format == "speculators":
         config = _speculators_config(cfg, layer, algorithm, ids, speculative_tokens, target_name_or_path,
@@ -582,6 +590,9 @@ def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Ten
         mask_token_id=mask_token_id, fc_norm=bool(config.get("fc_norm", False)), norm_output=norm_output,
         num_aux_hidden_states=len(ids),
     )
+    # the export's own biases (each engine's layout may carry attention and MLP biases separately)
+    draft_config.attention_bias = bool(layer.get("attention_bias", False))
+    draft_config.mlp_bias = bool(layer.get("mlp_bias", False))
     draft = Eagle3DraftModel(draft_config)
 
     state = {}
@@ -618,6 +629,57 @@ def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Ten
     return ExportedDraft(
         draft=draft, algorithm=algorithm, format=fmt, aux_layer_ids=ids, mask_token_id=mask_token_id,
         target_name_or_path=target, metadata=block,
+    )
+
+
+def convert_export(src: str | os.PathLike, out_dir: str | os.PathLike, *, format: str,  # noqa: A002
+                   dtype: str | None = None, speculative_tokens: int | None = None) -> str:
+    """Re-write an export directory in another format (e.g. an SGLang export as ``speculators`` for vLLM).
+
+    The draft, its vocabulary, aux layers (converted to the new format's convention), target identity and the
+    embedding choice carry over; the float tensors keep the source dtype unless ``dtype`` is given. A draft
+    exported without its embedding stays without it (a placeholder stands in while converting; it is not
+    written).
+
+    Args:
+        src: an export directory in any format :func:`load_exported_draft` reads.
+        out_dir: the new export directory (replaced atomically); must not be ``src``.
+        format: the new format (:data:`EXPORT_FORMATS`).
+        dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (default: the source's).
+        speculative_tokens: the speculators default draft length (default: the source's, else 3).
+
+    Returns:
+        ``out_dir`` as an absolute path.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_exported_draft`; a format that cannot hold the draft;
+            ``out_dir`` equal to ``src``.
+    """
+    src = os.fspath(src)
+    if os.path.abspath(src) == os.path.abspath(os.fspath(out_dir)):
+        raise ValueError(f"out_dir must differ from the source export {src!r}")
+    config = _read_config(src)
+    _, algorithm = detect_export_format(config)
+    check_algorithm_format(algorithm, format, src)
+    layer, _ = _split_config(config, detect_export_format(config)[0])
+    names = _tensor_infos(src)
+    shipped = any(n.endswith("embed_tokens.weight") for n in names)
+    placeholder = None
+    if not shipped:
+        placeholder = torch.zeros(int(layer["vocab_size"]), int(layer["hidden_size"]))
+    exported = load_exported_draft(src, embed_tokens=placeholder)
+    source_dtype = next((k for k, (_, name) in EXPORT_DTYPES.items()
+                         if name in (config.get("dtype"), config.get("torch_dtype"))), "bf16")
+    if speculative_tokens is None:
+        methods = (config.get("speculators_config") or {}).get("proposal_methods") or [{}]
+        speculative_tokens = methods[0].get("speculative_tokens") or 3
+    block = exported.metadata
+    return export_draft(
+        exported.draft, out_dir, format=format, aux_layer_ids=exported.aux_layer_ids,
+        target_name_or_path=exported.target_name_or_path,
+        target_num_hidden_layers=block.get("target_num_hidden_layers"),
+        dtype=dtype or source_dtype, include_embeddings=shipped, speculative_tokens=speculative_tokens,
+        metadata={**(block.get("metadata") or {}), "converted_from": os.path.abspath(src)},
     )
 
 
@@ -801,6 +863,29 @@ def _check_vocab_map(directory: str, infos, vd: int, v: int, fmt: str) -> list[s
     elif int(t2d.sum()) != vd or not torch.equal(torch.nonzero(t2d).flatten(), target_ids):
         problems.append(f"t2d disagrees with d2t: nonzero(t2d) must equal arange({vd}) + d2t")
     return problems
+
+
+def export_engine_notes(directory: str | os.PathLike) -> list[str]:
+    """The serving engines known not to serve this export's target family (see
+    :mod:`eagle_ext.serve.engine_limits`), one line each, naming engine and version; ``[]`` when none is known
+    or the directory is unreadable. Read from the target's ``model_type`` recorded in the ``eagle_ext`` block and
+    the speculators verifier's ``architectures`` (so foreign speculators exports are covered too)."""
+    from eagle_ext.serve.engine_limits import engine_limit_notes
+
+    try:
+        config = _read_config(os.fspath(directory))
+    except (FileNotFoundError, ValueError):
+        return []
+    block = config.get(METADATA_KEY) if isinstance(config.get(METADATA_KEY), dict) else {}
+    verifier = (config.get("speculators_config") or {}).get("verifier") if isinstance(
+        config.get("speculators_config"), dict) else None
+    archs = verifier.get("architectures") if isinstance(verifier, dict) else None
+    archs = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+    model_type = block.get("target_model_type") if isinstance(block.get("target_model_type"), str) else None
+    notes = engine_limit_notes(model_type, archs)
+    if not notes and isinstance(block.get("engine_limits"), list):
+        notes = [n for n in block["engine_limits"] if isinstance(n, str)]
+    return notes
 
 
 def check_export(directory: str | os.PathLike) -> list[str]:

@@ -7,7 +7,10 @@
     eagle-ext export --check DIR
 
 ``SRC`` is a checkpoint directory (``RUN/checkpoints/step_*``) or a run directory (its latest checkpoint); the
-default ``--out`` is ``RUN/export/<format>/``. ``--check`` prints every problem and exits 1, or prints ``OK``.
+default ``--out`` is ``RUN/export/<format>/``. ``SRC`` may also be an export directory, which is converted to
+``--format`` (default ``--out``: ``SRC_<format>``; dtype and embedding choice kept unless ``--dtype`` is given):
+how an SGLang export becomes the ``speculators`` directory vLLM reads right. ``--check`` prints every problem and
+exits 1, or prints ``OK``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ DTYPES = ("bf16", "fp16", "fp32")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", nargs="?", help="recipe checkpoint directory or run directory (its latest checkpoint)")
+    parser.add_argument("src", nargs="?", help="recipe checkpoint directory, run directory (its latest checkpoint), "
+                                               "or an export directory to convert to --format")
     parser.add_argument("--format", choices=FORMATS,
                         help="speculators (vLLM; EAGLE-3 and P-EAGLE), sglang (SGLang / specforge; EAGLE-3), "
                              "specforge_peagle (specforge's flat P-EAGLE layout)")
     parser.add_argument("--out", help="export directory (default: RUN/export/<format>/)")
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="float tensor dtype (default bf16)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="float tensor dtype (default bf16; a conversion keeps the source's)")
     parser.add_argument("--no-embeddings", action="store_true",
                         help="leave out embed_tokens.weight (the engines then share the target's embedding)")
     parser.add_argument("--check", metavar="DIR", help="validate an export directory instead of exporting")
@@ -39,6 +44,24 @@ def default_export_dir(checkpoint: str, format: str) -> str:  # noqa: A002
     parent = os.path.dirname(checkpoint)
     root = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else checkpoint
     return os.path.join(root, "export", format)
+
+
+def is_export_dir(path: str) -> bool:
+    """Whether ``path`` is an export directory (a ``config.json`` in a format eagle_ext reads), not a run or
+    checkpoint."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        return False
+    import json
+
+    from eagle_ext.serve.export import detect_export_format
+
+    try:
+        with open(config_path) as f:
+            detect_export_format(json.load(f))
+    except (ValueError, OSError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def export_checkpoint(
@@ -91,22 +114,34 @@ def run(args: argparse.Namespace) -> int:
             print("eagle-ext export: error: --check DIR takes no SRC, --format, --out or --no-embeddings",
                   file=sys.stderr)
             return 2
-        from eagle_ext.serve.export import check_export
+        from eagle_ext.serve.export import check_export, export_engine_notes
 
         problems = check_export(args.check)
         for problem in problems:
             print(f"{args.check}: {problem}")
+        notes = export_engine_notes(args.check)
+        for note in notes:  # the export is valid; an engine is known not to serve its target family
+            print(f"{args.check}: warning: {note}")
         if problems:
             print(f"{len(problems)} problem(s)")
             return 1
-        print("OK")
+        print("OK" if not notes else f"OK (the export is valid; {len(notes)} known engine limit(s) above)")
         return 0
     if args.src is None or args.format is None:
         print("eagle-ext export: error: exporting needs SRC (a checkpoint or run directory) and --format "
               f"{{{','.join(FORMATS)}}}; or use --check DIR", file=sys.stderr)
         return 2
     try:
-        out = export_checkpoint(args.src, args.format, args.out, args.dtype, include_embeddings=not args.no_embeddings)
+        if is_export_dir(args.src):
+            if args.no_embeddings:
+                raise ValueError("--no-embeddings does not apply to a conversion (the source's choice is kept)")
+            from eagle_ext.serve.export import convert_export
+
+            out = convert_export(args.src, args.out or f"{os.path.abspath(args.src).rstrip(os.sep)}_{args.format}",
+                                 format=args.format, dtype=args.dtype)
+        else:
+            out = export_checkpoint(args.src, args.format, args.out, args.dtype or "bf16",
+                                    include_embeddings=not args.no_embeddings)
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"eagle-ext export: error: {err}", file=sys.stderr)
         return 2
@@ -122,11 +157,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         written = (f"eagle_config.eagle_aux_hidden_state_layer_ids "
                    f"{config['eagle_config']['eagle_aux_hidden_state_layer_ids']} (layer outputs)")
+    from eagle_ext.serve.export import export_engine_notes
+
     problems = check_export(out)
-    print(f"exported {args.src} ({block['algorithm']}) as {args.format} ({args.dtype}) to {out}")
+    print(f"exported {args.src} ({block['algorithm']}) as {args.format} ({config['dtype']}) to {out}")
     print(f"  aux layers: eagle_ext {block['aux_layer_ids']} -> {written}")
     print(f"  draft vocab {config['draft_vocab_size']}, embed_tokens {block['embed_tokens']}; check: "
           + ("OK" if not problems else f"{len(problems)} problem(s)"))
     for problem in problems:
         print(f"{out}: {problem}")
+    for note in export_engine_notes(out):
+        print(f"{out}: warning: {note}")
     return 1 if problems else 0

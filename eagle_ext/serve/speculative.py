@@ -36,6 +36,7 @@ sampling keeps the target's distribution.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -94,17 +95,40 @@ def _sync(device: torch.device) -> None:
 class TargetRunner:
     """An HF causal LM with a KV cache that also returns the aux hidden states of chosen layers.
 
+    Rolling the cache back (:meth:`crop`, after rejected draft tokens) works for every layer type:
+
+    - attention-only targets (full or sliding-window layers) use a plain ``DynamicCache()``: every layer keeps
+      all its keys and the model's own mask applies each sliding layer's window, so a crop is exact (a cache
+      built from the config would hold only the last ``window`` keys of sliding layers, which cannot be cropped
+      once the window is full: gpt-oss, Gemma 3, Mistral / Qwen2 with ``sliding_window``);
+    - targets with recurrent / linear-attention layers (Qwen3-Next, ...; see
+      :func:`eagle_ext.models.families.stateful_layer_types`) use the model's own cache and, where transformers
+      can record past states (``Cache.activate_past_recording``, transformers >= 5.x), roll their state back
+      natively (``rollback="record"``: each forward keeps the intermediate recurrent states of its last
+      ``max_rollback`` tokens); otherwise (``rollback="rerun"``) the runner saves the cache before each forward
+      and, on a crop, restores it and re-runs the kept tokens (one extra target forward per rejecting round).
+
     Args:
         model: the HF causal LM (put in eval mode; its parameters stop requiring grad).
         aux_layer_ids: 0-indexed decoder layers whose OUTPUT is captured (eagle_ext's convention, HF
             ``hidden_states[i + 1]``; see :func:`eagle_ext.models.default_eagle3_aux_layer_ids`), or None to
             capture nothing (target-only decoding, or a drafter that needs no hidden states).
+        rollback: ``"auto"`` (``"crop"`` for attention-only targets; ``"record"`` for stateful ones when the
+            installed transformers can record past states, else ``"rerun"``), or one of those three to force it.
+        max_rollback: with ``rollback="record"``, the most positions one crop may remove (a round of K draft
+            tokens removes at most K; default 64).
 
     Raises:
-        ValueError: ids that are not distinct ints in ``[0, L)``, or no decoder-layer container.
+        ValueError: ids that are not distinct ints in ``[0, L)``, no decoder-layer container, an unknown
+            ``rollback``, or ``"crop"`` / ``"record"`` forced where they cannot roll the target back.
     """
 
-    def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None):
+    ROLLBACKS = ("auto", "crop", "record", "rerun")
+
+    def __init__(self, model: nn.Module, aux_layer_ids: Sequence[int] | None = None, *, rollback: str = "auto",
+                 max_rollback: int = 64):
+        from eagle_ext.models.families import stateful_layer_types
+
         self.model = model.eval().requires_grad_(False)
         self.layers = find_decoder_layers(model)
         if aux_layer_ids is not None:
@@ -120,19 +144,48 @@ class TargetRunner:
         # transformers 5.x renamed past_key_values to cache (the old name is deprecated and mis-infers
         # positions after a crop in some versions).
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._cache_takes_config = "config" in inspect.signature(_dynamic_cache_class().__init__).parameters
+        cls = _dynamic_cache_class()
+        self._cache_takes_config = "config" in inspect.signature(cls.__init__).parameters
+        self.max_rollback = _check_int("max_rollback", max_rollback, 1)
+        config = getattr(model, "config", None)
+        self.stateful_layer_types = stateful_layer_types(config) if config is not None else []
+        can_record = self._cache_takes_config and callable(getattr(cls, "activate_past_recording", None))
+        if rollback not in self.ROLLBACKS:
+            raise ValueError(f"rollback must be one of {self.ROLLBACKS}, got {rollback!r}")
+        if rollback == "auto":
+            rollback = "crop" if not self.stateful_layer_types else ("record" if can_record else "rerun")
+        elif rollback == "crop" and self.stateful_layer_types:
+            raise ValueError(f"rollback='crop' cannot roll back this target's {self.stateful_layer_types} layers "
+                             "(their state is not a list of keys); use 'auto', 'record' or 'rerun'")
+        elif rollback == "record" and not can_record:
+            raise ValueError("rollback='record' needs a transformers whose DynamicCache(config=...) has "
+                             "activate_past_recording (transformers >= 5); use 'rerun'")
+        self.rollback = rollback
         self.device = next(model.parameters()).device
         self.cache: Any = None
+        self._length = 0
+        self._ids: list[int] = []  # every token the cache holds ("rerun" re-feeds from them)
+        self._saved: tuple[Any, int] | None = None  # ("rerun") the cache before the last forward, its length
+        self._uncropped = False  # ("record") the last forward's recorded states are not trimmed yet
 
     def reset(self) -> None:
         """Start a new sequence (an empty cache)."""
         cls = _dynamic_cache_class()
-        self.cache = cls(config=self.model.config) if self._cache_takes_config else cls()
+        if self.rollback == "crop":
+            self.cache = cls()  # plain: every layer keeps all its keys (see the class docstring)
+        elif self._cache_takes_config:
+            self.cache = cls(config=self.model.config)  # the model's layer types, linear-attention states included
+        else:
+            self.cache = None  # older transformers: the model builds its own (hybrid) cache on the first forward
+        self._length = 0
+        self._ids = []
+        self._saved = None
+        self._uncropped = False
 
     @property
     def length(self) -> int:
         """Positions held in the KV cache."""
-        return 0 if self.cache is None else int(self.cache.get_seq_length())
+        return self._length
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, *, capture_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,11 +198,25 @@ class TargetRunner:
         Raises:
             ValueError: ``input_ids`` not a non-empty 1-D tensor, or a hooked layer did not run.
         """
-        if self.cache is None:
+        if self.cache is None and (self.rollback == "crop" or self._cache_takes_config):
             self.reset()
         if input_ids.dim() != 1 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be a non-empty 1-D tensor [n], got shape {list(input_ids.shape)}")
-        start = self.length
+        n = input_ids.numel()
+        if self.rollback == "record":
+            if self._uncropped:
+                self.cache.crop(0)  # trims what the previous (uncropped) forward recorded
+            self.cache.activate_past_recording(recurrent_states_to_keep=min(n, self.max_rollback + 1))
+        elif self.rollback == "rerun":
+            self._saved = (copy.deepcopy(self.cache), self._length)
+        logits, aux = self._run(input_ids, capture_aux)
+        self._uncropped = True
+        self._length += n
+        self._ids.extend(int(i) for i in input_ids.tolist())
+        return logits, aux
+
+    def _run(self, input_ids: torch.Tensor, capture_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        start = self._length
         positions = torch.arange(start, start + input_ids.numel(), device=self.device)[None]
         kwargs = {"input_ids": input_ids.to(self.device)[None], "position_ids": positions,
                   self._cache_kwarg: self.cache, "use_cache": True}
@@ -164,6 +231,8 @@ class TargetRunner:
         finally:
             for handle in handles:
                 handle.remove()
+        if self.cache is None:  # the model built its own cache
+            self.cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         logits = (out.logits if hasattr(out, "logits") else out[0])[0].float()
         if not capture:
             return logits, None
@@ -173,11 +242,42 @@ class TargetRunner:
         return logits, torch.cat([captured[i][0] for i in self.aux_layer_ids], dim=-1)
 
     def crop(self, length: int) -> None:
-        """Keep the first ``length`` cached positions (drop the keys of rejected draft tokens)."""
+        """Keep the first ``length`` cached positions (drop the keys, or roll back the state, of rejected draft
+        tokens).
+
+        Raises:
+            ValueError: ``length`` outside ``[0, self.length]``, or a roll-back deeper than the last forward
+                (``"rerun"``) or than ``max_rollback`` (``"record"``).
+        """
         extra = self.length - length
-        if extra > 0:
-            # A negative argument removes that many positions in transformers 4.x and 5.x alike.
-            self.cache.crop(-extra)
+        if extra < 0 or length < 0:
+            raise ValueError(f"length must lie in [0, {self.length}], got {length!r}")
+        if self.rollback == "crop":
+            if extra > 0:
+                # A negative argument removes that many positions in transformers 4.x and 5.x alike.
+                self.cache.crop(-extra)
+        elif self.rollback == "record":
+            if extra > self.max_rollback:
+                raise ValueError(f"cannot roll back {extra} positions; this runner records {self.max_rollback} "
+                                 "(raise max_rollback)")
+            if self._uncropped:
+                self.cache.crop(-extra)  # also trims the recorded states when extra == 0
+                self._uncropped = False
+            elif extra:
+                raise ValueError("with rollback='record' only the last forward's positions can be removed")
+        elif extra > 0:  # rerun: restore the cache saved before the last forward and re-feed the kept tokens
+            if self._saved is None or length < self._saved[1]:
+                raise ValueError(f"cannot roll back to {length} positions: the saved state holds "
+                                 f"{None if self._saved is None else self._saved[1]}")
+            kept = self._ids[self._saved[1]:length]
+            self.cache, self._length = self._saved
+            self._saved = None
+            del self._ids[self._length:]
+            if kept:
+                self.forward(torch.tensor(kept, dtype=torch.int64), capture_aux=False)
+            return
+        self._length = length
+        del self._ids[length:]
 
 
 def _dynamic_cache_class():
@@ -646,6 +746,7 @@ def evaluate_speculative(
     stop_token_ids: Sequence[int] = (),
     warmup: bool = True,
     progress: bool = True,
+    keep_tokens: bool = False,
 ) -> dict[str, Any]:
     """Decode every prompt target-only and speculatively with every K, in the same run, and report.
 
@@ -657,14 +758,16 @@ def evaluate_speculative(
     Returns:
         a JSON-ready dict: ``settings``, ``target_only`` (:func:`summarize_decodes`), ``speculative`` (one
         summary per K, plus ``speedup`` = speculative / target-only tokens/s and ``lossless``) and
-        ``prompts`` (per prompt: ``prompt_tokens``, ``target_only`` and per-K summaries).
+        ``prompts`` (per prompt: ``prompt_tokens``, ``target_only`` and per-K summaries; with ``keep_tokens``
+        each of these also holds the generated ids, ``tokens``).
 
     Raises:
         ValueError: no prompts, K < 1, ``max_new_tokens < 1`` or ``temperature < 0`` (before decoding).
     """
     return evaluate_drafters(target, {"draft": drafter}, prompts, num_draft_tokens=num_draft_tokens,
                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                             stop_token_ids=stop_token_ids, warmup=warmup, progress=progress)["draft"]
+                             stop_token_ids=stop_token_ids, warmup=warmup, progress=progress,
+                             keep_tokens=keep_tokens)["draft"]
 
 
 def evaluate_drafters(
@@ -679,6 +782,7 @@ def evaluate_drafters(
     stop_token_ids: Sequence[int] = (),
     warmup: bool = True,
     progress: bool = True,
+    keep_tokens: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate_speculative` for several drafters against ONE target-only baseline.
 
@@ -728,12 +832,16 @@ def evaluate_drafters(
         for name, drafter in drafters.items():
             entry: dict[str, Any] = {"prompt_tokens": len(prompt), "target_only": summarize_decodes([base]),
                                      "speculative": []}
+            if keep_tokens:  # the generated ids (the caller may decode them to text)
+                entry["target_only"]["tokens"] = list(base.tokens)
             for kk in ks:
                 res = speculative_decode(target, drafter, prompt, num_draft_tokens=kk,
                                          max_new_tokens=max_new_tokens, generator=generator(i), **common)
                 spec[name][kk].append(res)
                 summary = summarize_decodes([res])
                 summary["matches_target"] = res.tokens == base.tokens if temperature == 0 else None
+                if keep_tokens:
+                    summary["tokens"] = list(res.tokens)
                 entry["speculative"].append(summary)
             per_prompt[name].append(entry)
 
@@ -774,8 +882,10 @@ def lossless_label(summary: dict[str, Any], num_prompts: int) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The printed table of an :func:`evaluate_speculative` report."""
     s = report["settings"]
+    engine = f"engine={s['engine']}" + (f" {s['vllm_version']}" if s.get("vllm_version") else "") + ", " \
+        if s.get("engine") else ""
     lines = [
-        f"{s['num_prompts']} prompts, max_new_tokens={s['max_new_tokens']}, temperature={s['temperature']}, "
+        f"{engine}{s['num_prompts']} prompts, max_new_tokens={s['max_new_tokens']}, temperature={s['temperature']}, "
         f"algorithm={s['algorithm']}, device={s['device']}",
         f"{'mode':<12} {'K':>3} {'tau':>6} {'tok/s':>9} {'speed-up':>9} {'lossless':>9}  acceptance per position",
     ]

@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from eagle_ext._paths import looks_like_local_path
+
 __all__ = [
     "ConfigError",
     "RecipeConfig",
@@ -79,7 +81,7 @@ class Eagle3Config:
 
     ttt_steps: int = 4
     step_decay: float = 0.8
-    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute) or eager
+    attn_implementation: str = "lean"  # TTT attention: lean (chunked, recompute), eager, or flex (compiled on CUDA)
     fc_norm: bool = False
     norm_output: bool = False
     freeze_embeddings: bool = True
@@ -100,6 +102,19 @@ class PEagleConfig:
     attention: str = "auto"  # auto: flex on CUDA, dense mask on CPU
     freeze_embeddings: bool = False
     init_head_from_target: bool = False  # lm_head from the target's output rows of the draft vocab, norm from its final norm
+
+
+@dataclass
+class DraftConfig:
+    """The draft decoder's architecture (None: chosen from the target; see docs/training.md, "Draft shape")."""
+
+    bias: bool = False  # attention + MLP biases; false serves on both engines (SGLang / specforge build none)
+    num_hidden_layers: int | None = None  # None: 1 for eagle3 (the only choice), peagle.num_draft_layers for peagle
+    intermediate_size: int | None = None  # None: the target's (an MoE expert width becomes 8/3 x hidden)
+    num_attention_heads: int | None = None  # None: the target's (MLA targets: hidden / 128 when possible)
+    num_key_value_heads: int | None = None  # None: the target's (MLA targets: GQA, <= 8)
+    head_dim: int | None = None  # None: the target's (MLA targets: 128, not qk_rope_head_dim)
+    rope_layer_type: str | None = None  # per-layer-type RoPE targets (Gemma 3): whose RoPE; None: full_attention
 
 
 @dataclass
@@ -124,14 +139,14 @@ class TrainConfig:
     micro_batch_size: int = 1
     seed: int = 42
     device: str = "auto"  # auto: cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
-    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | fp16 | none
+    autocast: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU; bf16 | none (fp16 refused: no GradScaler)
     loss_impl: str = "auto"  # fused projection + loss: auto | fused | reference (EAGLE-3)
     log_every_steps: int = 10
     eval_every_steps: int | None = None  # None: only at the end (when data.eval_path is set)
     eval_at_start: bool = False  # also evaluate the untrained draft (a baseline point in the log)
     eval_batches: int | None = None  # None: the whole eval set
     progress: bool = True  # tqdm bar on rank 0
-    tensorboard: bool = True  # when the tensorboard package is installed
+    tensorboard: bool = False  # also log to output_dir/tensorboard (needs the tensorboard package: the [tensorboard] extra)
 
 
 @dataclass
@@ -155,6 +170,7 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eagle3: Eagle3Config = field(default_factory=Eagle3Config)
     peagle: PEagleConfig = field(default_factory=PEagleConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -251,7 +267,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); quote "
+                              "strings and close brackets, e.g. optim.betas=[0.9,0.95]") from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -284,7 +304,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         with open(path) as f:
-            loaded = yaml.safe_load(f)
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path!r} is not valid YAML ({_yaml_problem(exc)}); expected a "
+                                  "mapping of sections such as `train:` with indented `key: value` lines") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
@@ -294,6 +318,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     _expand_user_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """``line L, column C: problem`` of a YAML parse error (1-based), on one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 #: path-valued keys where a leading ``~`` means the user's home (shipped configs name ``~/.cache/...``)
@@ -311,6 +343,13 @@ def _expand_user_paths(cfg: RecipeConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- validation
+
+
+def _tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can work: the tensorboard package is importable (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -354,8 +393,7 @@ def validate(cfg: RecipeConfig) -> None:
     else:
         _require(bool(t.name_or_path), "target.name_or_path", t.name_or_path, "a model directory or hub name (required)")
         _require(bool(cfg.data.train_path), "data.train_path", cfg.data.train_path, "a chat data path (required)")
-        looks_local = os.path.sep in t.name_or_path or t.name_or_path.startswith(".") or os.path.exists(t.name_or_path)
-        if looks_local:
+        if looks_like_local_path(t.name_or_path):  # a hub id (owner/name) is read by transformers later
             _require(os.path.isfile(os.path.join(t.name_or_path, "config.json")), "target.name_or_path",
                      t.name_or_path, "a directory holding config.json (the model was not found there)")
         if os.path.sep in cfg.data.train_path or cfg.data.train_path.endswith((".jsonl", ".json", ".parquet")):
@@ -390,8 +428,8 @@ def validate(cfg: RecipeConfig) -> None:
         e = cfg.eagle3
         _positive_int(e.ttt_steps, "eagle3.ttt_steps")
         _require(e.step_decay > 0, "eagle3.step_decay", e.step_decay, "a number > 0")
-        _require(e.attn_implementation in ("lean", "eager"), "eagle3.attn_implementation", e.attn_implementation,
-                 "'lean' or 'eager'")
+        _require(e.attn_implementation in ("lean", "eager", "flex"), "eagle3.attn_implementation",
+                 e.attn_implementation, "'lean', 'eager' or 'flex'")
     else:
         p = cfg.peagle
         _positive_int(p.num_depths, "peagle.num_depths")
@@ -405,6 +443,25 @@ def validate(cfg: RecipeConfig) -> None:
         if p.max_anchors is not None:
             _positive_int(p.max_anchors, "peagle.max_anchors")
         _require(p.attention in ("auto", "flex", "dense"), "peagle.attention", p.attention, "'auto', 'flex' or 'dense'")
+
+    dr = cfg.draft
+    for key in ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+        if getattr(dr, key) is not None:
+            _positive_int(getattr(dr, key), f"draft.{key}")
+    if dr.num_attention_heads is not None and dr.num_key_value_heads is not None:
+        _require(dr.num_attention_heads % dr.num_key_value_heads == 0, "draft.num_key_value_heads",
+                 dr.num_key_value_heads, f"a divisor of draft.num_attention_heads ({dr.num_attention_heads})")
+    if dr.num_hidden_layers is not None:
+        if cfg.algorithm == "eagle3":
+            _require(dr.num_hidden_layers == 1, "draft.num_hidden_layers", dr.num_hidden_layers,
+                     "1 or null with algorithm 'eagle3' (an EAGLE-3 draft has one layer; P-EAGLE stacks more)")
+        elif "peagle.num_draft_layers" in cfg.explicit:
+            _require(dr.num_hidden_layers == cfg.peagle.num_draft_layers, "draft.num_hidden_layers",
+                     dr.num_hidden_layers, f"null or equal to peagle.num_draft_layers ({cfg.peagle.num_draft_layers}; "
+                     "they name the same layer count, set one)")
+    if dr.rope_layer_type is not None:
+        _require(bool(dr.rope_layer_type.strip()), "draft.rope_layer_type", dr.rope_layer_type,
+                 "null or a layer type of the target, e.g. 'full_attention'")
 
     o = cfg.optim
     _require(o.lr > 0, "optim.lr", o.lr, "a number > 0")
@@ -421,8 +478,11 @@ def validate(cfg: RecipeConfig) -> None:
     _positive_int(tr.micro_batch_size, "train.micro_batch_size")
     _require(tr.device == "auto" or tr.device == "cpu" or tr.device.startswith("cuda"), "train.device", tr.device,
              "'auto', 'cpu' or 'cuda[:N]'")
-    _require(tr.autocast in ("auto", "bf16", "fp16", "none"), "train.autocast", tr.autocast,
-             "'auto', 'bf16', 'fp16' or 'none'")
+    _require(tr.autocast in ("auto", "bf16", "none"), "train.autocast", tr.autocast,
+             "'auto', 'bf16' or 'none'" + (
+                 " (fp16 autocast is refused: the recipe has no GradScaler, so fp16 gradients of the loss and the "
+                 "fused kernels' dz would underflow to zero; use bf16, which needs no loss scaling)"
+                 if tr.autocast == "fp16" else ""))
     _require(tr.loss_impl in ("auto", "fused", "reference"), "train.loss_impl", tr.loss_impl,
              "'auto', 'fused' or 'reference'")
     _positive_int(tr.log_every_steps, "train.log_every_steps")
@@ -430,6 +490,9 @@ def validate(cfg: RecipeConfig) -> None:
         _positive_int(tr.eval_every_steps, "train.eval_every_steps")
     if tr.eval_batches is not None:
         _positive_int(tr.eval_batches, "train.eval_batches")
+    if tr.tensorboard and not _tensorboard_available():
+        raise ConfigError("train.tensorboard is true, but the tensorboard package is not installed; install it "
+                          "(pip install 'eagle_ext[tensorboard]') or set train.tensorboard=false")
 
     c = cfg.checkpoint
     if c.every_steps is not None:

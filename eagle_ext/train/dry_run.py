@@ -1,6 +1,7 @@
 """``eagle-ext train --dry-run``: what a config would build, without loading weights or data.
 
-Reads the target's ``config.json`` only, builds the target and the draft on the meta device to count their
+Reads the target's ``config.json`` only (a local directory, or a hub id in the local Hugging Face cache or
+reachable online: offline, point ``target.name_or_path`` at a local copy), builds the target and the draft on the meta device to count their
 parameters, and estimates the peak memory of one rank from the shapes.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from eagle_ext.models.rope import rope_parameters_from_config
 from eagle_ext.train.config import ConfigError, RecipeConfig, config_to_yaml
 
 __all__ = ["describe_run", "format_description"]
@@ -34,8 +36,9 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from eagle_ext.models import default_eagle3_aux_layer_ids
+    from eagle_ext.models.families import default_draft_shape
     from eagle_ext.train.loop import build_draft
+    from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
 
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = (torch.cuda.is_available() and cfg.train.device != "cpu") if cuda is None else cuda
@@ -43,30 +46,47 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     try:
         target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config ({exc})") from exc
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config.json ({detail}); the dry "
+                          "run reads only that file (no weights, no data): give a local model directory, or a hub id "
+                          "that is in the local Hugging Face cache or reachable online") from exc
     text = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
-    aux = list(t.aux_layer_ids) if t.aux_layer_ids is not None else default_eagle3_aux_layer_ids(layers)
-    if max(aux) >= layers:
-        raise ConfigError(f"target.aux_layer_ids must be < the target's num_hidden_layers ({layers}), got {aux}")
+    aux = resolve_aux_layer_ids(cfg, layers)
     vd = cfg.data.draft_vocab_size or vocab
     if vd > vocab:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab}), got {vd}")
     if cfg.algorithm == "peagle" and cfg.peagle.mask_token_id >= vocab:
         raise ConfigError(f"peagle.mask_token_id must be < the target's vocab_size ({vocab}), got "
                           f"{cfg.peagle.mask_token_id}")
+    check_target_for_run(cfg, target_config)
     with torch.device("meta"):
         target = AutoModelForCausalLM.from_config(target_config, trust_remote_code=t.trust_remote_code)
-        draft = build_draft(cfg, target_config, vd if vd < vocab else None)
+        try:
+            draft = build_draft(cfg, target_config, vd if vd < vocab else None)
+        except ValueError as err:  # a clear line, not a traceback
+            raise ConfigError(f"draft: the draft for this target cannot be built: {err}") from None
     n_target = sum(p.numel() for p in target.parameters())
     n_train = sum(p.numel() for p in draft.parameters() if p.requires_grad)
     n_draft_frozen = sum(p.numel() for p in draft.parameters() if not p.requires_grad)
+    dc = draft.config
+    shape = {"num_hidden_layers": len(draft.model.layers), "hidden_size": int(dc.hidden_size),
+             "num_attention_heads": int(dc.num_attention_heads), "num_key_value_heads": int(dc.num_key_value_heads),
+             "head_dim": int(dc.head_dim), "intermediate_size": int(dc.intermediate_size),
+             "bias": bool(dc.attention_bias or dc.mlp_bias),
+             "rope": {k: v for k, v in rope_parameters_from_config(dc).items() if k in ("rope_type", "rope_theta",
+                                                                                        "factor")},
+             "notes": [] if any(getattr(cfg.draft, k) is not None for k in ("intermediate_size", "num_attention_heads",
+                                                                             "num_key_value_heads", "head_dim"))
+             else default_draft_shape(target_config)["notes"]}
 
     dtype = t.dtype if t.dtype != "auto" else ("bf16" if cuda else "fp32")
     tb = _BYTES[dtype]
     width = cfg.data.packed_sequence_size or cfg.data.seq_length
     tokens = cfg.train.micro_batch_size * width
     inter = int(getattr(text, "intermediate_size", 4 * hidden))
+    draft_inter = int(dc.intermediate_size)
     act = 2 if cuda and cfg.train.autocast != "none" else 4
     target_weights = n_target * tb / (world if t.sharding == "fsdp" else 1)
     if t.sharding == "fsdp":
@@ -78,11 +98,11 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     if cfg.algorithm == "eagle3":
         steps = cfg.eagle3.ttt_steps
         # per TTT step kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype)
-        draft_act = steps * tokens * (12 * hidden + 3 * inter) * act
+        draft_act = steps * tokens * (12 * hidden + 3 * draft_inter) * act
     else:
         p = cfg.peagle
         n_elements = tokens * (1 + sum(p.down_sample_ratio ** d for d in range(1, p.num_depths)))
-        draft_act = n_elements / p.sequence_partitions * p.num_draft_layers * (12 * hidden + 3 * inter) * act
+        draft_act = n_elements / p.sequence_partitions * len(draft.model.layers) * (12 * hidden + 3 * draft_inter) * act
     total = target_weights + target_act + supervision + draft_state + draft_act
     return {
         "algorithm": cfg.algorithm,
@@ -90,7 +110,8 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
         "target": {"name_or_path": t.name_or_path, "parameters": n_target, "num_hidden_layers": layers,
                    "hidden_size": hidden, "vocab_size": vocab, "aux_layer_ids": aux, "dtype": dtype,
                    "sharding": t.sharding},
-        "draft": {"trainable_parameters": n_train, "frozen_parameters": n_draft_frozen, "draft_vocab_size": vd},
+        "draft": {"trainable_parameters": n_train, "frozen_parameters": n_draft_frozen, "draft_vocab_size": vd,
+                  "parameters": n_train + n_draft_frozen, "shape": shape},
         "memory_per_rank_bytes": {
             "target_weights": int(target_weights), "target_forward": int(target_act),
             "supervision": int(supervision), "draft_weights_grads_adam": int(draft_state),
@@ -98,6 +119,19 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
         },
         "tokens_per_micro_batch": tokens,
     }
+
+
+def _draft_size_line(tg: dict[str, Any], dr: dict[str, Any]) -> str:
+    sh = dr.get("shape") or {}
+    total = dr.get("parameters", dr["trainable_parameters"] + dr["frozen_parameters"])
+    ratio = f" ({100 * total / tg['parameters']:.1f}% of the target's {tg['parameters']:,})" if tg["parameters"] else ""
+    line = (f"draft size: {total:,} parameters{ratio}; {sh.get('num_hidden_layers')} layer(s), hidden "
+            f"{sh.get('hidden_size')}, {sh.get('num_attention_heads')} heads x {sh.get('head_dim')} "
+            f"({sh.get('num_key_value_heads')} KV heads), MLP {sh.get('intermediate_size')}, "
+            f"bias {'yes' if sh.get('bias') else 'no'}, rope {sh.get('rope')}")
+    for note in sh.get("notes") or []:
+        line += f"\n  note: {note} (override with draft.*)"
+    return line
 
 
 def format_description(cfg: RecipeConfig, info: dict[str, Any]) -> str:
@@ -108,6 +142,7 @@ def format_description(cfg: RecipeConfig, info: dict[str, Any]) -> str:
              f"vocab {tg['vocab_size']}), frozen, {tg['dtype']}, {tg['sharding']}; aux layers {tg['aux_layer_ids']}",
              f"draft ({info['algorithm']}): {dr['trainable_parameters']:,} trainable + {dr['frozen_parameters']:,} "
              f"frozen parameters; draft vocab {dr['draft_vocab_size']}",
+             _draft_size_line(tg, dr),
              f"estimated peak memory per rank ({info['world_size']} rank(s), {info['tokens_per_micro_batch']} tokens "
              "per micro-batch):"]
     for key, value in mem.items():

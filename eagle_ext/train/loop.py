@@ -129,6 +129,17 @@ class MetricWindow:
             s[5 + self.width:] += metrics.depth_valid.double()
         s[4] += tokens.double()
 
+    def restore(self, saved: dict | None, ctx: DistContext) -> float:
+        """Load this rank's sums of a checkpoint's open window (``meta.json`` ``metric_window``); returns the
+        seconds that window had run (0 when the checkpoint has none or another shape)."""
+        if not saved:
+            return 0.0
+        sums = saved.get("sums") or []
+        if len(sums) != ctx.world_size or len(sums[ctx.rank]) != self.sums.numel():
+            return 0.0
+        self.sums.copy_(torch.tensor(sums[ctx.rank], dtype=torch.float64))
+        return float(saved.get("seconds", 0.0))
+
     def reduce(self, ctx: DistContext) -> dict[str, Any]:
         """Sum over ranks, then loss (mean over micro-batches of all ranks), accuracy, tau_sim or per-depth
         accuracy, and the token count; resets the window."""
@@ -169,11 +180,55 @@ def _autocast(cfg: RecipeConfig, device: torch.device):
         mode = "bf16" if device.type == "cuda" else "none"
     if mode == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16)  # fp16 is refused by the config (no GradScaler)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device``; host-to-CUDA copies go through pinned memory (asynchronous)."""
+    from eagle_ext.ops._transfer import to_device_async
+
+    return {k: to_device_async(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# Host syncs: what feeds Python control flow in the step is read from the collated (host) batch, never from
+# a device copy, which could only be read back after every queued kernel (the target forward) has run.
+# - seq_lens: the trainer gets the host tensor (document ids -> the lean attention's chunk plan);
+#   the target forward gets the device copy (its mask is built there, with device-side checks only).
+# - P-EAGLE: the plan (COD sampling, segments, counts) is built from host copies of the shifted loss mask
+#   and the attention mask.
+
+
+def _host_seq_lens(batch: dict) -> torch.Tensor | None:
+    seq_lens = batch.get("seq_lens")
+    return seq_lens if isinstance(seq_lens, torch.Tensor) and seq_lens.device.type == "cpu" else None
+
+
+def _host_plan_masks(batch: dict, *, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host ``(loss_mask, attention_mask)`` of a collated batch in the trainer's frame: the loss mask shifted
+    left by one like the target capture does (unless the batch is already in that frame, ``shifted``)."""
+    from eagle_ext.eagle3 import shift_left_with_zero
+
+    loss_mask, attention_mask = batch["loss_mask"].cpu(), batch["attention_mask"].cpu()
+    return (loss_mask if shifted else shift_left_with_zero(loss_mask)), attention_mask
+
+
+def wrap_ddp(trainer: torch.nn.Module) -> torch.nn.Module:
+    """The trainer under DistributedDataParallel, as the recipe runs it.
+
+    ``device_ids=None``: the batch is already on the device, and with device ids DDP copies every tensor
+    argument there, host-side ``seq_lens`` included (which the draft would then have to read back: a sync).
+    ``gradient_as_bucket_view=True``: gradients are views into the all-reduce buckets (no copy into and out
+    of them, one gradient-sized buffer less). No buffer broadcast before each forward (the buffers, the
+    vocabulary maps, are equal on every rank and never change): torch >= 2.13 names that ``forward_sync_buffers``
+    and deprecates ``broadcast_buffers`` with a FutureWarning on every rank; older torch knows only the latter."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(trainer, device_ids=None, find_unused_parameters=False,
+                                   gradient_as_bucket_view=True, **no_sync)
 
 
 def _log_main(ctx: DistContext, message: str) -> None:
@@ -265,17 +320,18 @@ def load_target(cfg: RecipeConfig, device: torch.device):
 def build_draft(cfg: RecipeConfig, target_config, draft_vocab_size: int | None):
     """The draft sized from the target config (on the current default device, fp32)."""
     from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.train.target_checks import draft_num_layers, draft_shape_kwargs
 
     if cfg.algorithm == "eagle3":
         e = cfg.eagle3
         return Eagle3DraftModel.from_target_config(
             target_config, draft_vocab_size, fc_norm=e.fc_norm, norm_output=e.norm_output,
-            freeze_embeddings=e.freeze_embeddings, attn_implementation=e.attn_implementation,
+            freeze_embeddings=e.freeze_embeddings, attn_implementation=e.attn_implementation, **draft_shape_kwargs(cfg),
         )
     p = cfg.peagle
     return Eagle3DraftModel.from_target_config(
-        target_config, draft_vocab_size, num_hidden_layers=p.num_draft_layers, parallel_drafting=True,
-        mask_token_id=p.mask_token_id, freeze_embeddings=p.freeze_embeddings,
+        target_config, draft_vocab_size, num_hidden_layers=draft_num_layers(cfg), parallel_drafting=True,
+        mask_token_id=p.mask_token_id, freeze_embeddings=p.freeze_embeddings, **draft_shape_kwargs(cfg),
     )
 
 
@@ -298,7 +354,9 @@ def init_head_from_target(draft, target: torch.nn.Module, selected_ids: torch.Te
     head.copy_(weight[selected_ids.to(weight.device)].to(device=head.device, dtype=head.dtype))
     norm = getattr(getattr(target, "model", None), "norm", None)
     if norm is not None and tuple(norm.weight.shape) == tuple(draft.model.norm.weight.shape):
-        draft.model.norm.weight.copy_(norm.weight.to(draft.model.norm.weight))
+        from eagle_ext.models.draft import effective_norm_weight  # Gemma's norms hold (gain - 1)
+
+        draft.model.norm.weight.copy_(effective_norm_weight(norm, norm.weight.shape[0]).to(draft.model.norm.weight))
 
 
 def load_init_draft(cfg: RecipeConfig, text_config, aux_layer_ids: list[int]):
@@ -402,6 +460,8 @@ def _check_resume_compatible(checkpoint: str, cfg: RecipeConfig, ctx: DistContex
     meta = read_checkpoint_meta(checkpoint)
     with open(os.path.join(checkpoint, RUN_CONFIG_FILE)) as f:
         saved = yaml.safe_load(f)
+    if isinstance(saved, dict) and "draft" not in saved:  # a run from before the draft section: its defaults
+        saved["draft"] = config_to_dict(RecipeConfig())["draft"]
     differences = diff_configs(saved, config_to_dict(cfg), ignore=RESUME_MAY_CHANGE)
     if meta.get("world_size") != ctx.world_size:
         differences.append(f"world_size: {meta.get('world_size')!r} -> {ctx.world_size!r} (the data position is "
@@ -410,6 +470,27 @@ def _check_resume_compatible(checkpoint: str, cfg: RecipeConfig, ctx: DistContex
         raise ConfigError(f"cannot resume from {checkpoint!r}: its run differs from this config in\n  "
                           + "\n  ".join(differences))
     return meta
+
+
+def _continue_schedule(meta: dict, step: int, total_steps: int, warmup: int, o, optimizer, scheduler,
+                       ctx: DistContext) -> None:
+    """A resumed run whose step budget changed (``train.max_steps`` or ``train.epochs``, which a resume may
+    change) continues on the warmup-cosine schedule recomputed over the new budget, from the current step on (the
+    LR of the next step included), and says so; the checkpoint's optimiser state is kept. Same budget: nothing
+    changes (the resume stays exact)."""
+    from eagle_ext.train.optim import warmup_cosine
+
+    old_total, old_warmup = meta.get("total_steps"), meta.get("warmup_steps")
+    if old_total is None or old_total == total_steps:
+        return
+    factor = warmup_cosine(step, warmup, total_steps, o.min_lr_ratio)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    was = o.lr * warmup_cosine(step, old_warmup if old_warmup is not None else warmup, old_total, o.min_lr_ratio)
+    _log_main(ctx, f"resume: the step budget changed from {old_total} to {total_steps} steps (train.max_steps / "
+                   f"train.epochs); the LR schedule continues recomputed over {total_steps} steps (warmup {warmup}): "
+                   f"LR of step {step + 1} is {o.lr * factor:.3g} (it was {was:.3g} on the {old_total}-step schedule)")
 
 
 def find_resume_checkpoint(cfg: RecipeConfig) -> str | None:
@@ -486,9 +567,12 @@ def run_training(cfg: RecipeConfig) -> TrainResult:
     """
     from tqdm import tqdm
 
+    from eagle_ext._progress import library_progress_bars
+
     ctx = init_distributed(cfg.train.device)
     try:
-        result = _run(cfg, ctx, tqdm)
+        with library_progress_bars(cfg.train.progress and ctx.is_main):
+            result = _run(cfg, ctx, tqdm)
     except BaseException:
         if ctx.distributed and torch.distributed.is_initialized():  # no barrier: other ranks may never reach one
             torch.distributed.destroy_process_group()
@@ -504,11 +588,16 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     from transformers import AutoConfig, AutoTokenizer
 
     from eagle_ext.data import load_or_build_eagle3_token_mapping, tokenizer_special_ids
-    from eagle_ext.models import Eagle3TargetModel, default_eagle3_aux_layer_ids
+    from eagle_ext.models import Eagle3TargetModel
+    from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
 
     resume_from = find_resume_checkpoint(cfg)  # before anything loads: a wrong resume fails fast
     if resume_from is not None:
-        _check_resume_compatible(resume_from, cfg, ctx)
+        saved_meta = _check_resume_compatible(resume_from, cfg, ctx)
+        if cfg.train.max_steps is not None and cfg.train.max_steps < saved_meta.get("step", 0):
+            raise ConfigError(f"train.max_steps must be >= the step of the checkpoint it resumes ("
+                              f"{saved_meta['step']}, {resume_from}), got {cfg.train.max_steps}; raise it to train "
+                              "further, or export that checkpoint (eagle-ext export)")
     device = ctx.device
     seed = cfg.train.seed
     random.seed(seed)
@@ -534,21 +623,14 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     text_config = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab_size = int(text_config.vocab_size)
     num_layers = int(text_config.num_hidden_layers)
-    if t.aux_layer_ids is not None:
-        aux_layer_ids = list(t.aux_layer_ids)
-    elif cache is not None:
-        aux_layer_ids = list(manifest["aux_layer_ids"])
-    else:
-        aux_layer_ids = default_eagle3_aux_layer_ids(num_layers)
-    if max(aux_layer_ids) >= num_layers:
-        raise ConfigError(f"target.aux_layer_ids must be < the target's num_hidden_layers ({num_layers}), got "
-                          f"{aux_layer_ids}")
+    aux_layer_ids = resolve_aux_layer_ids(cfg, num_layers, manifest["aux_layer_ids"] if cache is not None else None)
     if cfg.algorithm == "peagle" and cfg.peagle.mask_token_id >= vocab_size:
         raise ConfigError(f"peagle.mask_token_id must be < the target's vocab_size ({vocab_size}), got "
                           f"{cfg.peagle.mask_token_id}")
     if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > vocab_size:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab_size}), got "
                           f"{cfg.data.draft_vocab_size}")
+    check_target_for_run(cfg, target_config)  # packing on hybrid targets, the draft's shape and RoPE
     # a warm start (a fresh run only) is checked against the run before any data is read or model loads
     warm = load_init_draft(cfg, text_config, aux_layer_ids) if cfg.init_from is not None and resume_from is None else None
     if cache is not None:
@@ -606,10 +688,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     trainer = build_trainer(cfg, draft, selected_ids.to(device), selected_mask.to(device), generator)
     module: torch.nn.Module = trainer
     if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        module = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None,
-                                         broadcast_buffers=False, find_unused_parameters=False)
+        module = wrap_ddp(trainer)
 
     # ---- optimiser and schedule
     o = cfg.optim
@@ -627,14 +706,16 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     step, epoch, consumed = 0, 0, 0
     generators = {"cod": generator} if generator is not None else {}
+    resumed_meta: dict[str, Any] = {}
     if resume_state is not None:
         draft.load_state_dict({k: v.to(device) for k, v in resume_state["draft_state"].items()}, strict=True)
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         restore_rng_state(resume_state["rng"], generators)
-        meta = resume_state["meta"]
+        resumed_meta = meta = resume_state["meta"]
         step, epoch, consumed = meta["step"], meta["epoch"], meta["batches_in_epoch"]
         _log_main(ctx, f"resumed from {resume_from} (step {step}, epoch {epoch}, {consumed} batches into it)")
+        _continue_schedule(meta, step, total_steps, warmup, o, optimizer, scheduler, ctx)
         del resume_state
 
     n_trainable = sum(p.numel() for p in params)
@@ -645,6 +726,9 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
 
     width = cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else cfg.peagle.num_depths
     window = MetricWindow(cfg.algorithm, width, device)
+    # the open log window of the interrupted run (steps since its last log line), so log lines fall on the same
+    # steps and cover the same micro-batches as in an uninterrupted run
+    window_seconds = window.restore(resumed_meta.get("metric_window"), ctx)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     if ctx.is_main and resume_from is not None:
         _rewrite_log_until(metrics_path, step)
@@ -662,13 +746,17 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             board.write(record)
 
     def forward(batch: dict):
+        host_seq_lens = _host_seq_lens(batch)
         batch = _to_device(batch, device)
         tokens = batch["attention_mask"].sum()
         if target is None:  # cached: the batch already holds the trainer's inputs
-            return batch, tokens
-        with torch.no_grad():
-            captured = target.generate_batch(**batch)
-        return captured.to_trainer_inputs(), tokens
+            inputs = batch
+        else:
+            with torch.no_grad():
+                inputs = target.generate_batch(**batch).to_trainer_inputs()
+        if host_seq_lens is not None and "seq_lens" in inputs:
+            inputs["seq_lens"] = host_seq_lens
+        return inputs, tokens
 
     def evaluate() -> dict:
         if eval_loader is None:
@@ -699,17 +787,20 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             "ttt_steps": cfg.eagle3.ttt_steps if cfg.algorithm == "eagle3" else None,
             "num_depths": cfg.peagle.num_depths if cfg.algorithm == "peagle" else None,
             "mask_token_id": cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None,
+            "total_steps": total_steps, "warmup_steps": warmup,
         }
 
     def save() -> str:
         states = all_gather_objects(capture_rng_state(generators), ctx)
+        open_window = {"sums": all_gather_objects(window.sums.cpu().tolist(), ctx),
+                       "seconds": time.perf_counter() - clock}
         digests = all_gather_objects(_weights_digest(draft), ctx)
         if len(set(digests)) > 1:
             warnings.warn(f"draft weights differ across ranks at step {step} (digests {digests}); DDP replicas "
                           "diverged", RuntimeWarning, stacklevel=1)
         path = None
         if ctx.is_main:
-            meta = {"rank_weight_digests": digests, **run_meta()}
+            meta = {"rank_weight_digests": digests, **run_meta(), "metric_window": open_window}
             path = save_training_checkpoint(
                 checkpoint_dir, step=step, draft=draft, selected_token_ids=selected_ids,
                 selected_token_mask=selected_mask, optimizer=optimizer, scheduler=scheduler, rng_states=states,
@@ -725,7 +816,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
     try:
         if cfg.train.eval_at_start and step == 0:
             evaluate()
-        clock = time.perf_counter()
+        clock = time.perf_counter() - window_seconds
         while step < total_steps:
             _set_epoch(loader.batch_sampler.batches.sampler, epoch)
             skipper.skip = consumed
@@ -733,6 +824,8 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
             for index, batch in enumerate(loader, start=consumed):
                 closes_window = (index + 1) % accum == 0 or index + 1 == batches_per_epoch
                 sync = contextlib.nullcontext() if closes_window or not ctx.distributed else module.no_sync()
+                if cfg.algorithm == "peagle":
+                    plan_masks = _host_plan_masks(batch, shifted=target is None)
                 inputs, tokens = forward(batch)
                 with sync:
                     if cfg.algorithm == "eagle3":
@@ -742,7 +835,7 @@ def _run(cfg: RecipeConfig, ctx: DistContext, tqdm) -> TrainResult:
                     else:
                         from eagle_ext.peagle import run_partitioned_step
 
-                        plan = trainer.build_peagle_plan(inputs["loss_mask"], inputs["attention_mask"])
+                        plan = trainer.build_peagle_plan(*plan_masks, device=device)
                         with _autocast(cfg, device):
                             metrics = run_partitioned_step(module, plan, inputs, loss_scale=1.0 / accum)
                 window.add(metrics, tokens)

@@ -69,6 +69,8 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(phases), 3, figsize=(14, 3.8 * len(phases)), squeeze=False)
     for row, phase in zip(axes, phases):
         name = _TITLES[phase]
@@ -92,6 +94,7 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
             ax.set_title(f"{name} accuracy per depth (train)")
         for ax in row:
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 2.5 on a short run
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()

@@ -58,13 +58,15 @@ offsets are int64. fp32 dots use TF32 exactly when the caller says torch matmul 
 
 from __future__ import annotations
 
-import functools
+import inspect
 import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from eagle_ext.ops._gemm import _addmm_into, _mm_into
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -84,29 +86,49 @@ def _configs(pairs):
     ]
 
 
+# Register budget. A program holds its fp32 [BLOCK_N, BLOCK_V] logits tile in registers, spread over
+# 32 * num_warps threads, and the epilogue keeps about three tiles of that size alive at once (forward: z,
+# the target tile and an exp / product temporary; backward: z, softmax(z) and p / dz). A thread has at most
+# 255 registers, some of which go to pointers, offsets and the per-row statistics, so a config whose tile
+# needs more than 64 fp32 registers per thread (3 x 64 = 192) spills to local memory, which costs more than
+# the larger tile saves. Configs like (128, 256) at 8 warps (128 per thread) or (128, 128) at 4 warps are
+# left out for that reason (they were in the first, untuned lists).
+MAX_TILE_REGISTERS_PER_THREAD = 64
+
+
+def tile_registers_per_thread(config) -> int:
+    """fp32 registers per thread of one [BLOCK_N, BLOCK_V] logits tile of ``config``."""
+    return config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_V"] // (32 * config.num_warps)
+
+
+def _trim(configs):
+    """Keep the configs within the register budget, then the first ``$EAGLE_EXT_AUTOTUNE_CONFIGS`` of them
+    (configs are listed best first; a GPU check with little time sets 1 or 2 to cut autotune compiles)."""
+    kept = [c for c in configs if tile_registers_per_thread(c) <= MAX_TILE_REGISTERS_PER_THREAD]
+    limit = os.environ.get("EAGLE_EXT_AUTOTUNE_CONFIGS", "")
+    if limit.strip():
+        try:
+            count = int(limit)
+        except ValueError:
+            raise ValueError(f"EAGLE_EXT_AUTOTUNE_CONFIGS must be an int >= 1, got {limit!r}") from None
+        if count < 1:
+            raise ValueError(f"EAGLE_EXT_AUTOTUNE_CONFIGS must be an int >= 1, got {limit!r}")
+        kept = kept[:count]
+    return kept
+
+
+# CUDA configs, best first (the order _trim keeps); every one within the register budget (the tests check
+# it); shared memory per stage (BLOCK_N + BLOCK_V) * BLOCK_H * 2 bytes, at most 3 x 40 KiB here.
+CUDA_FWD_CONFIGS = _configs([(128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (64, 128, 64, 4, 4)])
+CUDA_BWD_CONFIGS = _configs([(128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)])
+
 if _INTERPRET:
     # The interpreter runs one config (multi-config autotune needs a GPU driver); ~10-20 ms per program.
     _FWD_CONFIGS = _configs([(32, 128, 64, 4, 1)])
     _BWD_CONFIGS = _FWD_CONFIGS
 else:
-    _FWD_CONFIGS = _configs(
-        [
-            (128, 128, 64, 8, 3),
-            (128, 256, 64, 8, 3),
-            (64, 256, 64, 8, 3),
-            (128, 128, 32, 4, 4),
-            (64, 128, 64, 4, 4),
-        ]
-    )
-    _BWD_CONFIGS = _configs(
-        [
-            (128, 128, 64, 8, 3),
-            (128, 256, 64, 8, 3),
-            (256, 128, 64, 8, 3),
-            (64, 128, 64, 4, 4),
-            (128, 128, 32, 4, 4),
-        ]
-    )
+    _FWD_CONFIGS = _trim(CUDA_FWD_CONFIGS)
+    _BWD_CONFIGS = _trim(CUDA_BWD_CONFIGS)
 _MAX_FWD_BLOCK_N = max(c.kwargs["BLOCK_N"] for c in _FWD_CONFIGS)
 
 
@@ -297,8 +319,16 @@ def _bwd_kernel(
         tl.store(out_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=out_mask)
 
 
-_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["H", "V", "N_BUCKET"])(_fwd_kernel)
-_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["H", "N_BUCKET"])(_bwd_kernel)
+def _autotune(configs, key):
+    """``triton.autotune`` that keeps its timings in Triton's on-disk cache where this Triton can
+    (``cache_results``, Triton >= 3.2; the cache lives in ``$TRITON_CACHE_DIR``), so a second process with
+    the same cache directory (the GPU check's later phases, a rerun) does not benchmark the configs again."""
+    kwargs = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs=configs, key=key, **kwargs)
+
+
+_fwd = _autotune(_FWD_CONFIGS, ["H", "V", "N_BUCKET"])(_fwd_kernel)
+_bwd = _autotune(_BWD_CONFIGS, ["H", "N_BUCKET"])(_bwd_kernel)
 
 
 def chosen_configs() -> dict[str, str | None]:
@@ -420,43 +450,6 @@ def forward(
         if kl:
             row_loss = row_loss + acc3.sum(0)
     return ForwardResult(row_loss, lse, psum, target_lse, draft_argmax, target_argmax)
-
-
-@functools.cache
-def _fp32_out_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``mm`` / ``addmm`` with ``out_dtype=torch.float32`` work here for ``dtype`` operands (CUDA,
-    torch >= 2.8); elsewhere the product is formed in ``dtype`` and then added."""
-    if device_type != "cuda":
-        return False
-    try:
-        a = torch.ones(16, 16, dtype=dtype, device=device_type)
-        acc = torch.zeros(16, 16, dtype=torch.float32, device=device_type)
-        out = torch.empty(16, 16, dtype=torch.float32, device=device_type)
-        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
-        torch.mm(a, a, out_dtype=torch.float32, out=out)
-        return bool(acc[0, 0] == 16 and out[0, 0] == 16)
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
-
-
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``out = a @ b`` (operands share a dtype; ``out`` may be wider); fp32 accumulation throughout."""
-    if out.dtype == a.dtype:
-        torch.mm(a, b, out=out)
-    elif out.dtype == torch.float32 and _fp32_out_supported(a.device.type, a.dtype):
-        torch.mm(a, b, out_dtype=torch.float32, out=out)
-    else:
-        out.copy_(torch.mm(a, b))
-
-
-def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``acc += a @ b`` in place with fp32 ``acc`` (no [N, H] temporary where torch allows it)."""
-    if a.dtype == torch.float32:
-        torch.addmm(acc, a, b, out=acc)
-    elif _fp32_out_supported(a.device.type, a.dtype):
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    else:
-        acc.add_(torch.mm(a, b))
 
 
 def backward(
