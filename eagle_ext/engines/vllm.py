@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,25 @@ def find_vllm_python(explicit: str | None = None) -> str:
     raise VllmUnavailable(f"vLLM was not found (looked at: {', '.join(p for p, _ in candidates)}); {INSTALL_HINT}")
 
 
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the worker's process group (the worker and vLLM's engine processes), SIGKILL after ``grace``."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                try:  # the worker is gone; its engine processes may linger a moment longer
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class VllmEngine:
     """One vLLM engine (``vllm.LLM``) in a worker process; a context manager.
 
@@ -133,6 +153,7 @@ class VllmEngine:
         self._proc: subprocess.Popen | None = None
         self._replies = None
         self._log = None
+        self._own_log = log_path is None  # a temporary log is removed after a clean close, kept after a failure
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> VllmEngine:
@@ -147,7 +168,7 @@ class VllmEngine:
         ``init_s``)."""
         if self._proc is not None:
             return self.info
-        if self.log_path is None:
+        if self._own_log:
             fd, self.log_path = tempfile.mkstemp(prefix="eagle_ext_vllm_", suffix=".log")
             os.close(fd)
         self._log = open(self.log_path, "ab")
@@ -157,37 +178,52 @@ class VllmEngine:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.pop("PYTHONPATH", None)  # eagle_ext's paths mean nothing to vLLM's environment
         try:
+            # its own session: vLLM's engine processes are the worker's children, and a forced stop signals the
+            # whole group (SIGKILL to the worker alone would leave them holding memory)
             self._proc = subprocess.Popen(
                 [self.python, WORKER, "--reply-fd", str(write_fd)], stdin=subprocess.PIPE,
-                stdout=self._log, stderr=self._log, pass_fds=(write_fd,), env=env,
+                stdout=self._log, stderr=self._log, pass_fds=(write_fd,), env=env, start_new_session=True,
             )
         finally:
             os.close(write_fd)
         self._replies = os.fdopen(read_fd, "r", encoding="utf-8")
-        self._send(self.settings)
-        reply = self._receive(self.startup_timeout, "starting")
-        self.info = {k: reply[k] for k in ("vllm_version", "platform", "device_name", "init_s")}
+        try:
+            self._send(self.settings)
+            reply = self._receive(self.startup_timeout, "starting")
+            self.info = {k: reply[k] for k in ("vllm_version", "platform", "device_name", "init_s")}
+        except BaseException:  # Ctrl-C or a failed start: never leave the engine behind
+            self.close(force=True)
+            raise
         return self.info
 
-    def close(self) -> None:
-        """Stop the engine (politely, then by force)."""
+    def close(self, force: bool = False) -> None:
+        """Stop the engine: politely (the worker shuts vLLM down), or with ``force`` (or when that fails) by
+        signalling the worker's whole process group, SIGTERM then SIGKILL."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        clean = False
         try:
-            if proc.poll() is None:
+            if not force and proc.poll() is None:
                 proc.stdin.write(b'{"op": "close"}\n')
                 proc.stdin.flush()
                 proc.stdin.close()
                 proc.wait(timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+            clean = not force and proc.returncode == 0
+        except BaseException:  # noqa: BLE001 - a timeout, a broken pipe or Ctrl-C: stop it by force, then go on
+            clean = False
         finally:
+            if not clean:
+                _stop_group(proc)
             if self._replies is not None:
                 self._replies.close()
             if self._log is not None:
                 self._log.close()
+            if clean and self._own_log and self.log_path:
+                try:
+                    os.remove(self.log_path)
+                except OSError:
+                    pass
 
     # ------------------------------------------------------------------ requests
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
@@ -244,7 +280,6 @@ class VllmEngine:
             if self._proc.poll() is not None:
                 self._fail(f"the vLLM worker exited (code {self._proc.returncode}) while {doing}", None)
             if time.monotonic() > deadline:
-                self._proc.kill()
                 self._fail(f"vLLM did not answer within {timeout:.0f} s while {doing}", None)
 
     def _log_tail(self, lines: int = 25) -> str:
@@ -256,7 +291,7 @@ class VllmEngine:
 
     def _fail(self, message: str, trace: str | None):
         detail = (trace or "").strip().splitlines()[-1:] or []
-        self.close()
+        self.close(force=True)
         tail = self._log_tail()
         raise VllmUnavailable(
             f"{message}{(' (' + detail[0] + ')') if detail else ''}; model {self.settings['model']!r}, "

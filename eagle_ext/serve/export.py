@@ -668,6 +668,11 @@ def convert_export(src: str | os.PathLike, out_dir: str | os.PathLike, *, format
     if not shipped:
         placeholder = torch.zeros(int(layer["vocab_size"]), int(layer["hidden_size"]))
     exported = load_exported_draft(src, embed_tokens=placeholder)
+    recorded = exported.metadata.get("aux_layer_ids")
+    if recorded is not None and list(recorded) != list(exported.aux_layer_ids):
+        raise ValueError(f"{src!r}: its serving config names aux layers {exported.aux_layer_ids} (eagle_ext "
+                         f"convention) but its eagle_ext record says the draft was trained on {list(recorded)}; "
+                         f"fix or re-export it before converting (`eagle-ext export --check {src}`)")
     source_dtype = next((k for k, (_, name) in EXPORT_DTYPES.items()
                          if name in (config.get("dtype"), config.get("torch_dtype"))), "bf16")
     if speculative_tokens is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -112,7 +113,7 @@ def _run_mode(engine, prompts, sampling: dict, sequential: bool, progress: bool,
     for i, prompt in enumerate(prompts):  # one request per call: the bar moves, the counters stay per prompt
         out = engine.generate([prompt], seeds=None if seeds is None else [seeds[i]], sequential=True, **sampling)[0]
         outs.append(out)
-        seconds += engine.last["seconds"]
+        seconds += out.seconds  # the request alone, measured in the worker (not the counter read-outs)
         for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
             total[key] += engine.last["spec"][key]
         pos = engine.last["spec"]["accepted_per_pos"]
@@ -166,7 +167,7 @@ def evaluate_vllm(
         ``{name: report}`` with the keys of :func:`~eagle_ext.serve.speculative.evaluate_drafters`'s reports;
         ``settings`` also holds ``engine: "vllm"``, ``vllm_version``, ``concurrency``, ``device``.
     """
-    from eagle_ext.engines.vllm import VllmEngine, find_vllm_python
+    from eagle_ext.engines.vllm import find_vllm_python
 
     if not drafts:
         raise ValueError("drafts must name at least one export directory")
@@ -186,6 +187,21 @@ def evaluate_vllm(
     engine_kwargs = {"dtype": dtype, "seed": seed, "max_model_len": max_model_len, "python": python,
                      "max_num_seqs": None if sequential else concurrency, "enable_prefix_caching": False}
     workdir = tempfile.mkdtemp(prefix="eagle_ext_vllm_")
+    try:
+        return _evaluate_served(target, drafts, prompts, workdir, ks=ks, sampling=sampling, engine_kwargs=engine_kwargs,
+                                sequential=sequential, convert=convert, keep_tokens=keep_tokens, warmup=warmup,
+                                progress=progress, log=log, max_new_tokens=max_new_tokens, temperature=temperature,
+                                seed=seed, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos, dtype=dtype,
+                                concurrency=concurrency)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # converted drafts
+
+
+def _evaluate_served(target, drafts, prompts, workdir, *, ks, sampling, engine_kwargs, sequential, convert,
+                     keep_tokens, warmup, progress, log, max_new_tokens, temperature, seed, stop_token_ids,
+                     ignore_eos, dtype, concurrency) -> dict[str, dict[str, Any]]:
+    from eagle_ext.engines.vllm import VllmEngine
+
     served = {}
     for name, directory in drafts.items():
         if not convert:
