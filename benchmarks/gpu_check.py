@@ -237,6 +237,13 @@ def _importable(python: str, module: str) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """In a phase's process, before exec: SIGINT back to its default. A shell starting this script in the
+    background makes SIGINT ignored, and an ignored signal stays ignored across exec, so Python would never turn
+    the phase's SIGINT into KeyboardInterrupt (no junit, no partial results)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     """Signal the phase's process group (pytest and what it started, a benchmark and its workers)."""
     try:
@@ -261,7 +268,7 @@ def run_phase(p: Phase, ends_at: float, results: str, base_env: dict, python: st
     print(f"== {p.name} (until +{left:.0f} s, SIGINT {p.grace_s} s before): {' '.join(command)}", flush=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_sigint)
         interrupted = killed = False
         try:
             rc = proc.wait(timeout=max(1.0, left - p.grace_s))

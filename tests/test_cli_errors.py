@@ -104,8 +104,11 @@ def test_cuda_device_on_a_cpu_machine_fails_before_anything_loads(tmp_path, base
 def test_ctrl_c_prints_the_last_checkpoint_and_the_resume_command(tmp_path, base):
     run = tmp_path / "run"
     argv = _train(base, run, "train.max_steps=100000", "checkpoint.every_steps=2")
+    # SIGINT back to its default in the child: a test run started in the background of a shell has it ignored,
+    # and an ignored signal stays ignored across exec (the child would never see Ctrl-C)
     proc = subprocess.Popen([sys.executable, "-m", "eagle_ext", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     try:
         while time.time() < deadline and not list_checkpoints(run / "checkpoints") and proc.poll() is None:
