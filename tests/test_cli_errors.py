@@ -116,7 +116,12 @@ def test_ctrl_c_prints_the_last_checkpoint_and_the_resume_command(tmp_path, base
         time.sleep(0.5)  # inside a training step, not between
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a training run behind
+            proc.communicate()
+            raise
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     line = next(line for line in err.splitlines() if "interrupted" in line and "eagle-ext train" in line)
