@@ -354,10 +354,11 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
     print("== report", flush=True)
     files = {
         "report.json": os.path.join(out, "report.json"), "report.png": os.path.join(out, "report.png"),
-        "evaluation.json": evaluation_path, "eval_prompts": prompts_path, "live_run": live["run_dir"],
+        "evaluation.json": evaluation_path,
+        **({"evaluation_vllm.json": os.path.join(out, "evaluation_vllm.json")} if vllm_reports else {}),
+        "eval_prompts": prompts_path, "live_run": live["run_dir"],
         "live_config": os.path.join(live["run_dir"], "config.yaml"),
         "live_metrics": os.path.join(live["run_dir"], "metrics.jsonl"), "live_checkpoint": live["checkpoint"],
-        **({"evaluation_vllm.json": os.path.join(out, "evaluation_vllm.json")} if vllm_reports else {}),
         "live_export": live["export"], "reference_draft": reference_draft,
         "reference_metrics": os.path.join(REFERENCE_DIR, "metrics.jsonl"), "target": target_path,
     }
@@ -383,5 +384,5 @@ def run_smollm2_demo(cfg: SmolLM2DemoConfig, output_dir: str, *, quick: bool = F
     print(format_report_table(report))
     print("files:")
     for what, path in files.items():
-        print(f"  {what:17s} {path}")
+        print(f"  {what:{max(map(len, files))}s} {path}")
     return 0
