@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from eagle_ext.engines.vllm import VllmUnavailable  # standard library only: cheap for --help
+
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("eagle_ext.train.cli", "train a draft from a YAML config (also under torchrun)"),
@@ -34,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 #: exceptions that report a user's mistake (a bad argument, value, file or environment), not a bug in eagle_ext
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+#: no vLLM, or a vLLM that fails to start, is the user's setup to fix: one line, not a traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, VllmUnavailable)
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

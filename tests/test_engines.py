@@ -251,3 +251,15 @@ def test_convert_refuses_an_export_whose_serving_ids_disagree_with_its_record(tm
         json.dump(config, f)
     with pytest.raises(ValueError, match=r"names aux layers \[1, 2, 3\] .* trained on \[0, 2, 3\]"):
         convert_export(src, tmp_path / "out", format="speculators")
+
+
+def test_cli_turns_a_missing_or_failing_vllm_into_one_line(monkeypatch, capsys):
+    from eagle_ext.serve import eval_cli
+
+    def run(args):
+        raise VllmUnavailable("vLLM was not found; install it with `make vllm`")
+
+    monkeypatch.setattr(eval_cli, "run", run)
+    assert main(["eval", "--target", "t", "--draft", "d", "--prompts", "p"]) == 2
+    err = capsys.readouterr().err
+    assert "eagle-ext eval: error: vLLM was not found; install it with `make vllm`" in err and "Traceback" not in err
