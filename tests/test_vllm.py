@@ -2,7 +2,8 @@
 
 - the serving commands of docs/serving.md, run with exactly the documented speculative config;
 - ``eval --engine both`` agrees exactly with eagle_ext's decoder in greedy fp32, for EAGLE-3 and P-EAGLE;
-- a draft whose serving config names other aux layers than it was trained on is caught by ``--engine both``;
+- vLLM given an SGLang export as it stands (``--no-convert``) captures other aux layers than training did, and
+  ``--engine both`` catches it; a serving field edited away from the training record is refused before loading;
 - ``regenerate --engine vllm`` on 3 prompts (and equal to the hf engine's greedy fp32 answers).
 
 One toy target (pre-trained, so drafts get accepted) and its EAGLE-3 / P-EAGLE drafts are trained once per module.
