@@ -716,3 +716,25 @@ def test_gpu_gemm_mid_shape_with_row_offset_and_autocast_master_weight(dtype):
         torch.testing.assert_close(got.loss, want.loss, atol=5e-3, rtol=1e-3)
         torch.testing.assert_close(h.grad, want_dh.float(), atol=5e-3, rtol=5e-2)
         torch.testing.assert_close(master.grad, want_dw.float(), atol=5e-3, rtol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_helpers_write_and_accumulate_into_fp32(dtype):
+    """``_mm_into`` / ``_addmm_into`` against plain fp32 matmuls: same dtype, and (off CUDA, or where torch has no
+    ``out_dtype``) the fallback that forms the product in the operands' dtype and widens it."""
+    from eagle_ext.ops._gemm import _addmm_into, _fp32_out_supported, _mm_into
+
+    assert not _fp32_out_supported("cpu", dtype)  # the probe answers False off CUDA, without running anything
+    a, b = torch.randn(5, 7).to(dtype), torch.randn(7, 3).to(dtype)
+    expected = (a.float() @ b.float())
+    out = torch.empty(5, 3, dtype=torch.float32)
+    _mm_into(out, a, b)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+    acc = torch.ones(5, 3, dtype=torch.float32)
+    _addmm_into(acc, a, b)
+    _addmm_into(acc, a, b)
+    torch.testing.assert_close(acc, 1 + 2 * expected, atol=2 * tol, rtol=2 * tol)
+    same = torch.empty(5, 3, dtype=dtype)
+    _mm_into(same, a, b)
+    assert torch.equal(same, a @ b)
