@@ -36,16 +36,6 @@ def _prompts(n: int, tmp: str):
     return path, tokenizer, prompts_file, render_prompts(tokenizer, load_prompts(prompts_file))
 
 
-def _stop_ids(tokenizer, path):
-    from types import SimpleNamespace
-
-    from transformers import GenerationConfig
-
-    from eagle_ext.serve.eval_cli import stop_token_ids
-
-    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(path)))
-
-
 def _rows(engine: str, concurrency: int, report: dict) -> list[dict]:
     base = report["target_only"]
     rows = [{"engine": engine, "concurrency": concurrency, "mode": "target-only", "tau": 1.0,
@@ -88,6 +78,7 @@ def main() -> None:
 
     from eagle_ext._hf import dtype_kwargs
     from eagle_ext.demo.smollm2_demo import REFERENCE_DIR
+    from eagle_ext.serve.eval_cli import target_stop_token_ids
     from eagle_ext.serve.export import load_exported_draft
     from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative
     from eagle_ext.serve.vllm_eval import evaluate_vllm
@@ -96,7 +87,7 @@ def main() -> None:
     draft_dir = os.path.join(REFERENCE_DIR, "draft")
     with tempfile.TemporaryDirectory() as tmp:
         path, tokenizer, prompts_file, prompts = _prompts(args.num_prompts, tmp)
-        stops = _stop_ids(tokenizer, path)
+        stops = target_stop_token_ids(tokenizer, path)
         common = {"num_draft_tokens": args.ks, "max_new_tokens": args.max_new_tokens, "temperature": 0.0,
                   "seed": 0, "stop_token_ids": stops, "progress": False}
         model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(getattr(torch, dtype_name)))

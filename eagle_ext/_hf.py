@@ -13,3 +13,17 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     return {key: dtype}
+
+
+def saved_generation_config(path: str):
+    """The ``generation_config`` a model loaded from ``path`` would have, without loading its weights: its
+    generation_config.json, else the one transformers derives from config.json; None when neither reads."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        try:
+            return GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+        except (OSError, ValueError):
+            return None

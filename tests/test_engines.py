@@ -263,3 +263,22 @@ def test_cli_turns_a_missing_or_failing_vllm_into_one_line(monkeypatch, capsys):
     assert main(["eval", "--target", "t", "--draft", "d", "--prompts", "p"]) == 2
     err = capsys.readouterr().err
     assert "eagle-ext eval: error: vLLM was not found; install it with `make vllm`" in err and "Traceback" not in err
+
+
+def test_stop_ids_come_from_the_saved_generation_config_without_weights(tmp_path):
+    """What eval, regenerate, synthesize and the demo stop on when vLLM decodes (no model loaded here): the
+    tokenizer's EOS plus generation_config.json's, else the ids transformers derives from config.json."""
+    from transformers import GenerationConfig
+
+    from eagle_ext._hf import saved_generation_config
+    from eagle_ext.serve.eval_cli import target_stop_token_ids
+
+    tokenizer = SimpleNamespace(eos_token_id=2)
+    cfg = _draft()[1]
+    cfg.eos_token_id = 7
+    cfg.save_pretrained(tmp_path / "m")
+    assert target_stop_token_ids(tokenizer, str(tmp_path / "m")) == [2, 7]  # derived from config.json
+    GenerationConfig(eos_token_id=[9, 11]).save_pretrained(tmp_path / "m")
+    assert target_stop_token_ids(tokenizer, str(tmp_path / "m")) == [2, 9, 11]  # generation_config.json wins
+    assert saved_generation_config(str(tmp_path / "nothing")) is None
+    assert target_stop_token_ids(tokenizer, str(tmp_path / "nothing")) == [2]

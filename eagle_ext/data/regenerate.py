@@ -228,7 +228,7 @@ def _check_settings(out_path: str, settings: dict, *, command: str = "regenerate
 
 
 def _end_token_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
+    ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
@@ -285,16 +285,12 @@ def _vllm_generate(engine, tokenizer, contexts: list[list[dict]], seeds: list[in
 
 
 def _hf_end_token_ids(target: str, tokenizer) -> list[int]:
-    """:func:`_end_token_ids` from the target's generation_config.json, without loading the weights."""
+    """:func:`_end_token_ids` from the target's saved generation config, without loading the weights."""
     from types import SimpleNamespace
 
-    from transformers import GenerationConfig
+    from eagle_ext._hf import saved_generation_config
 
-    try:
-        generation = GenerationConfig.from_pretrained(target)
-    except (OSError, ValueError):
-        generation = SimpleNamespace(eos_token_id=None)
-    return _end_token_ids(SimpleNamespace(generation_config=generation), tokenizer)
+    return _end_token_ids(SimpleNamespace(generation_config=saved_generation_config(target)), tokenizer)
 
 
 def regenerate_chats(

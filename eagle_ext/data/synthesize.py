@@ -683,15 +683,9 @@ def synthesize_prompts(
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"--target: the tokenizer in {target!r} has no chat template")
     first_prefix = user_turn_prefix(tokenizer, [{"role": "system", "content": system}] if system is not None else [])
-    from transformers import GenerationConfig
+    from eagle_ext._hf import saved_generation_config
 
-    try:
-        generation_config = GenerationConfig.from_pretrained(target)
-    except OSError:  # no generation_config.json: the model config's token ids
-        from transformers import AutoConfig
-
-        generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(target))
-    end_ids = _end_token_ids(SimpleNamespace(generation_config=generation_config), tokenizer)
+    end_ids = _end_token_ids(SimpleNamespace(generation_config=saved_generation_config(target)), tokenizer)
     stop_ids = sorted(set(end_ids) | set(first_prefix.end_ids))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
 

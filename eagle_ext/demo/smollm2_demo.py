@@ -275,7 +275,7 @@ def evaluate_drafts_in_vllm(cfg: SmolLM2DemoConfig, target_path: str, drafts: di
     from transformers import AutoTokenizer
 
     from eagle_ext.engines.vllm import VllmUnavailable, find_vllm_python
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts, stop_token_ids
+    from eagle_ext.serve.eval_cli import load_prompts, render_prompts, target_stop_token_ids
     from eagle_ext.serve.vllm_eval import evaluate_vllm
 
     try:
@@ -283,13 +283,9 @@ def evaluate_drafts_in_vllm(cfg: SmolLM2DemoConfig, target_path: str, drafts: di
     except VllmUnavailable as exc:
         print(f"note: vLLM evaluation skipped: {exc}")
         return None
-    from types import SimpleNamespace
-
-    from transformers import GenerationConfig
-
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     prompts = render_prompts(tokenizer, load_prompts(prompts_path))
-    stops = stop_token_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(target_path)))
+    stops = target_stop_token_ids(tokenizer, target_path)
     try:
         reports = evaluate_vllm(target_path, drafts, prompts, num_draft_tokens=list(cfg.vllm_num_draft_tokens),
                                 max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=0, stop_token_ids=stops,

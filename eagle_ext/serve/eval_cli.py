@@ -334,19 +334,18 @@ def _resolve_dtype(args: argparse.Namespace) -> tuple[str, str]:
     return device, DTYPES[args.dtype] or ("bfloat16" if device == "cuda" else "float32")
 
 
-def _target_stop_ids(args: argparse.Namespace, tokenizer: Any) -> list[int]:
-    """Stop ids from the tokenizer and the target's generation_config.json (no weights loaded)."""
-    if args.ignore_eos:
-        return []
+def target_stop_token_ids(tokenizer: Any, target: str) -> list[int]:
+    """:func:`stop_token_ids` of the target in directory ``target`` without loading its weights (its saved
+    generation config)."""
     from types import SimpleNamespace
 
-    try:
-        from transformers import GenerationConfig
+    from eagle_ext._hf import saved_generation_config
 
-        generation = GenerationConfig.from_pretrained(args.target)
-    except (OSError, ValueError):
-        generation = None
-    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=generation))
+    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=saved_generation_config(target)))
+
+
+def _target_stop_ids(args: argparse.Namespace, tokenizer: Any) -> list[int]:
+    return [] if args.ignore_eos else target_stop_token_ids(tokenizer, args.target)
 
 
 def _run_hf(args: argparse.Namespace, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int],
