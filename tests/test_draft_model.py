@@ -212,17 +212,18 @@ def test_peagle_mask_hidden_and_validation():
                                      "long_factor": [1.0] * 8}), 8)
 
 
-def test_forward_peagle_with_causal_mask_equals_ttt_step_zero_and_reaches_deep_layers():
+def test_forward_positions_with_causal_mask_equals_ttt_step_zero_and_reaches_deep_layers():
     torch.manual_seed(0)
     one = Eagle3DraftModel.from_target_config(_config(), 8, parallel_drafting=True, mask_token_id=1).double()
     ids, hidden = torch.randint(0, V, (1, 7)), torch.randn(1, 7, H, dtype=torch.float64)
     positions = torch.arange(7)[None]
     causal = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
-    torch.testing.assert_close(one.forward_peagle(ids, hidden, positions, causal), one(ids, hidden))
+    torch.testing.assert_close(one.forward_positions(ids, hidden, positions, causal), one(ids, hidden))
     deep = Eagle3DraftModel.from_target_config(
         _config(), 8, num_hidden_layers=3, parallel_drafting=True, mask_token_id=1
     ).double()
-    out = deep.forward_peagle(ids, hidden, positions, causal)
+    out = deep.forward_positions(ids, hidden, positions, causal)
+    assert Eagle3DraftModel.forward_peagle is Eagle3DraftModel.forward_positions  # the seed name
     deep.compute_logits(out).sum().backward()
     for i in (1, 2):
         assert deep.model.layers[i].self_attn.q_proj.weight.grad.abs().sum() > 0
@@ -269,17 +270,19 @@ def test_rope_reads_the_transformers4_config_layout_and_partial_rotary():
 # ---------------------------------------------------------------- row structure of the TTT unroll
 
 
-def _ttt_unroll(draft, ids, hidden, attention, seq_lens, steps):
+def _ttt_unroll(draft, ids, hidden, attention, seq_lens, steps, *, rows=None):
     cache = [[], []]
     for _ in range(steps):
-        hidden = draft(ids, hidden, attention, None, cache, seq_lens)
+        hidden = draft(ids, hidden, attention, None, cache, seq_lens, rows=rows)
     return hidden
 
 
 def test_document_ids_are_built_once_per_unroll_on_the_host(monkeypatch):
-    """Per-batch work leaves the TTT unroll: seq_lens -> document ids runs at step 0 only (on a host copy),
-    a new unroll (or new tensors) rebuilds them, and the result equals a build at every step."""
+    """Per-batch work leaves the TTT unroll: the caller builds the row structure once (``ttt_rows``, seq_lens ->
+    document ids on a host copy) and passes it to every step; the module keeps no state between calls, and the
+    result equals a build at every step. The trainer module builds it once per batch."""
     import eagle_ext.models.draft as draft_module
+    from eagle_ext.eagle3 import Eagle3TrainerModule
 
     calls = []
     original = draft_module.document_ids_from_seq_lens
@@ -296,18 +299,24 @@ def test_document_ids_are_built_once_per_unroll_on_the_host(monkeypatch):
     hidden = torch.randn(b, t, H, generator=g)
     attention = torch.ones(b, t, dtype=torch.long)
     seq_lens = torch.tensor([[5, 7], [12, 0]])
-    out = _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3)
+    rows = draft.ttt_rows(attention, seq_lens, b, t, ids.device)
+    out = _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3, rows=rows)
     assert calls == ["cpu"]
-    _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3)
-    assert len(calls) == 2  # a new unroll starts at step 0 and rebuilds
-    _ttt_unroll(draft, ids, hidden, attention, seq_lens.clone(), 1)
-    assert len(calls) == 3
-    # Rebuilding at every step (what the cache saves) gives the same hidden states.
-    cache, rebuilt = [[], []], hidden
-    for _ in range(3):
-        draft._ttt_rows_cache = None
-        rebuilt = draft(ids, rebuilt, attention, None, cache, seq_lens)
+    assert not any("cache" in name for name in vars(draft) if name.startswith("_ttt"))  # no hidden state
+    rebuilt = _ttt_unroll(draft, ids, hidden, attention, seq_lens, 3)  # rows=None: built at every step
+    assert len(calls) == 4
     torch.testing.assert_close(out, rebuilt, rtol=0, atol=0)
+    # the trainer module: once per batch, whatever ttt_steps is
+    vd = draft.lm_head.weight.shape[0]
+    selected = torch.arange(vd)
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[selected] = True
+    trainer = Eagle3TrainerModule(draft, selected_token_ids=selected, selected_token_mask=mask, ttt_steps=3,
+                                  loss_impl="reference")
+    calls.clear()
+    aux = torch.randn(b, t, 3 * draft.config.target_hidden_size, generator=g)
+    trainer(ids, attention, torch.ones(b, t), aux, torch.randn(b, t, V, generator=g), seq_lens=seq_lens)
+    assert calls == ["cpu"]
 
 
 def _sync_warnings_from(files, fn):

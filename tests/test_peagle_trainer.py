@@ -147,13 +147,13 @@ def test_parallel_forward_inputs():
     trainer = _trainer(num_depths=3)
     batch = _batch(b=1, t=20)
     seen = {}
-    original = trainer.draft_model.forward_peagle
+    original = trainer.draft_model.forward_positions
 
     def spy(input_ids, hidden, position_ids, mask):
         seen.update(ids=input_ids, hidden=hidden, pos=position_ids, mask=mask)
         return original(input_ids, hidden, position_ids, mask)
 
-    trainer.draft_model.forward_peagle = spy
+    trainer.draft_model.forward_positions = spy
     (anchor, depth), = _flat_cod(trainer, batch)
     trainer(**batch, cod_indices=[(anchor, depth)])
     deep = depth > 0

@@ -160,8 +160,9 @@ class Eagle3TrainerModule(nn.Module):
         prefix_correct = torch.ones(b, t, dtype=torch.bool, device=device)
         prefix_valid = torch.ones(b, t, dtype=torch.bool, device=device)
         hits, valid, losses = [], [], []
+        rows = draft.ttt_rows(attention_mask, seq_lens, b, t, cur_ids.device)  # the same for every step
         for k in range(self.ttt_steps):
-            hidden = draft(cur_ids, hidden, attention_mask, position_ids, cache_hidden, seq_lens)
+            hidden = draft(cur_ids, hidden, attention_mask, position_ids, cache_hidden, seq_lens, rows=rows)
             step_mask, chain_valid = cur_position_mask, cur_loss_mask
             if doc_remaining is not None:
                 in_document = doc_remaining > k

@@ -5,11 +5,13 @@ from eagle_ext._lazy import lazy_exports
 
 _EXPORTS = {
     "Eagle3TargetModel": "eagle_ext.models.target",
+    "TargetCapture": "eagle_ext.models.target",
     "Eagle3TargetBatch": "eagle_ext.models.target",
     "default_eagle3_aux_layer_ids": "eagle_ext.models.target",
     "build_block_causal_additive_mask": "eagle_ext.models.target",
     "find_decoder_layers": "eagle_ext.models.target",
     "Eagle3DraftModel": "eagle_ext.models.draft",
+    "DraftModel": "eagle_ext.models.draft",
     "build_draft_config": "eagle_ext.models.draft",
     "ttt_attention": "eagle_ext.models.attention",
     "ttt_attention_reference": "eagle_ext.models.attention",

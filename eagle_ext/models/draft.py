@@ -41,6 +41,7 @@ from eagle_ext.models.rope import RotaryEmbedding, apply_rotary, select_rope_par
 from eagle_ext.ops._transfer import to_device_async
 
 __all__ = [
+    "DraftModel",
     "Eagle3DraftModel",
     "Eagle3DecoderLayer",
     "LlamaDraftDecoderLayer",
@@ -251,7 +252,7 @@ def build_draft_config(
     :func:`eagle_ext.models.families.default_draft_shape` of the target (the target's own for dense
     Llama-like targets; a Llama-like GQA shape for MLA targets, a SwiGLU width for MoE targets whose
     ``intermediate_size`` is an expert's). A target with per-layer-type RoPE (Gemma 3) gives the draft one:
-    ``rope_layer_type``'s (default ``"full_attention"``). See :meth:`Eagle3DraftModel.from_target_config`.
+    ``rope_layer_type``'s (default ``"full_attention"``). See :meth:`DraftModel.from_target_config`.
     """
     text = _text_config(target_config)
     vocab = _check_int("target_config.vocab_size", getattr(text, "vocab_size", None), 1)
@@ -318,12 +319,13 @@ def build_draft_config(
     return config
 
 
-class Eagle3DraftModel(nn.Module):
-    """EAGLE-3 / P-EAGLE draft. Build with :meth:`from_target_config`; ``Eagle3DraftModel(config)``
+class DraftModel(nn.Module):
+    """EAGLE-3 / P-EAGLE draft. Build with :meth:`from_target_config`; ``DraftModel(config)``
     takes a config made by :func:`build_draft_config` (or loaded from an exported ``config.json``).
 
     Trainer-facing API: :meth:`project_hidden_states`, :meth:`embed_input_ids`, :meth:`forward` (one TTT
-    step), :meth:`compute_logits`; P-EAGLE: :meth:`forward_peagle`, ``mask_hidden``.
+    step), :meth:`compute_logits`; multi-layer / explicit positions: :meth:`forward_positions` (P-EAGLE's
+    training forward and the decoders'), ``mask_hidden``. The seed name ``Eagle3DraftModel`` is an alias.
     """
 
     def __init__(self, config: Any, *, freeze_embeddings: bool | None = None):
@@ -334,8 +336,6 @@ class Eagle3DraftModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
         self.attn_implementation = getattr(config, "draft_attn_implementation", "lean")
         self.query_chunk_size: int | None = None
-        # Row structure of the TTT unroll in progress (see _ttt_rows): computed at step 0, reused after.
-        self._ttt_rows_cache: tuple | None = None
         if self.is_compressed:
             self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
             t2d = torch.zeros(config.vocab_size, dtype=torch.bool)
@@ -369,7 +369,7 @@ class Eagle3DraftModel(nn.Module):
         num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         rope_layer_type: str | None = None,
-    ) -> Eagle3DraftModel:
+    ) -> DraftModel:
         """Build a draft for the target: its hidden size, vocabulary and RoPE, and a decoder shape (heads, KV
         heads, head_dim, intermediate size) that defaults to the target's for dense targets (see
         :func:`build_draft_config` for MLA / MoE targets and per-layer-type RoPE).
@@ -557,21 +557,13 @@ class Eagle3DraftModel(nn.Module):
             )
         return b, t
 
-    def _ttt_rows(self, attention_mask, seq_lens, b: int, t: int, device: torch.device, step: int):
-        """``(key_valid, doc_ids, doc_ids_host)`` of a batch: built at step 0 of a TTT unroll and reused by
-        its later steps (the same ``attention_mask`` / ``seq_lens`` objects), so the unroll pays for them
-        once. ``seq_lens`` is validated and turned into document ids on the host: free when it lives there
-        (collate output), one device-to-host copy per batch when it is on CUDA; the ids reach the device
-        with an asynchronous copy, and the host copy feeds the lean kernel's chunk plan."""
-        cached = self._ttt_rows_cache
-        if (
-            step > 0
-            and cached is not None
-            and cached[0] is attention_mask
-            and cached[1] is seq_lens
-            and cached[2] == (b, t, device)
-        ):
-            return cached[3]
+    def ttt_rows(self, attention_mask: torch.Tensor | None, seq_lens: torch.Tensor | None, b: int, t: int,
+                 device: torch.device) -> tuple:
+        """The row structure of a TTT batch, ``(key_valid, doc_ids, doc_ids_host)``, for every step of its unroll:
+        the trainer builds it once per batch and passes it to each :meth:`forward` (``rows=``), so the unroll pays
+        for it once. ``seq_lens`` is validated and turned into document ids on the host: free when it lives there
+        (collate output), one device-to-host copy per batch when it is on CUDA; the ids reach the device with an
+        asynchronous copy, and the host copy feeds the lean kernel's chunk plan."""
         key_valid = check_attention_mask(attention_mask, b, t)
         doc_ids = doc_ids_host = None
         if seq_lens is not None:
@@ -579,9 +571,7 @@ class Eagle3DraftModel(nn.Module):
                 raise TypeError(f"seq_lens must be an integer torch.Tensor [B, D], got {type(seq_lens).__name__}")
             doc_ids_host = document_ids_from_seq_lens(seq_lens.detach().cpu(), t)
             doc_ids = to_device_async(doc_ids_host, device)
-        rows = (key_valid, doc_ids, doc_ids_host)
-        self._ttt_rows_cache = (attention_mask, seq_lens, (b, t, device), rows)
-        return rows
+        return key_valid, doc_ids, doc_ids_host
 
     def forward(
         self,
@@ -591,6 +581,8 @@ class Eagle3DraftModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache_hidden: list[list[torch.Tensor]] | None = None,
         seq_lens: torch.Tensor | None = None,
+        *,
+        rows: tuple | None = None,
     ) -> torch.Tensor:
         """One TTT step of the draft.
 
@@ -603,6 +595,7 @@ class Eagle3DraftModel(nn.Module):
             cache_hidden: ``[K_list, V_list]`` shared across the unroll; this call appends one K and one V.
             seq_lens: int ``[B, D]`` packed document lengths (rows summing to T): attention stays inside
                 each document. Best kept on the host (as collated): see the host-sync note below.
+            rows: :meth:`ttt_rows` of this batch's ``attention_mask`` / ``seq_lens`` (built here when None).
 
         Returns:
             ``[B, T, H]`` hidden state (``norm``-ed when ``norm_output``).
@@ -610,15 +603,15 @@ class Eagle3DraftModel(nn.Module):
         Raises:
             ValueError: a multi-layer draft (TTT is single-layer), or inconsistent shapes.
 
-        Host syncs per step: none from this method. The row structure (``attention_mask`` -> key mask,
-        ``seq_lens`` -> document ids) is built once per unroll, at step 0 (one device-to-host copy there if
-        ``seq_lens`` is on CUDA, none if it is on the host); the lean attention reads chunk bounds from the
-        host copy of the document ids.
+        Host syncs per step: none from this method when ``rows`` is given. The row structure
+        (``attention_mask`` -> key mask, ``seq_lens`` -> document ids) costs one device-to-host copy if
+        ``seq_lens`` is on CUDA, none if it is on the host; the lean attention reads chunk bounds from the host
+        copy of the document ids.
         """
         if len(self.model.layers) != 1:
             raise ValueError(
                 f"the TTT forward needs a single-layer draft, this one has {len(self.model.layers)} layers "
-                "(use forward_peagle)"
+                "(use forward_positions)"
             )
         b, t = self._check_step_inputs(input_ids, projected_hidden_states)
         if cache_hidden is None:
@@ -626,7 +619,9 @@ class Eagle3DraftModel(nn.Module):
         if len(cache_hidden) != 2 or len(cache_hidden[0]) != len(cache_hidden[1]):
             raise ValueError("cache_hidden must be [K_list, V_list] with lists of equal length")
         step = len(cache_hidden[0])
-        key_valid, doc_ids, doc_ids_host = self._ttt_rows(attention_mask, seq_lens, b, t, input_ids.device, step)
+        if rows is None:
+            rows = self.ttt_rows(attention_mask, seq_lens, b, t, input_ids.device)
+        key_valid, doc_ids, doc_ids_host = rows
         cos, sin = self.rotary_emb(self._positions(position_ids, b, t, input_ids.device) + step)
         context = TTTContext(
             cache_hidden, doc_ids, key_valid, self.attn_implementation, self.query_chunk_size, doc_ids_host
@@ -635,14 +630,15 @@ class Eagle3DraftModel(nn.Module):
         hidden = self.model.layers[0](embeds, projected_hidden_states, cos, sin, context)
         return self.model.norm(hidden) if self.config.norm_output else hidden
 
-    def forward_peagle(
+    def forward_positions(
         self,
         input_ids: torch.Tensor,
         projected_hidden_states: torch.Tensor,
         position_ids: torch.Tensor,
         attention_mask: Any,
     ) -> torch.Tensor:
-        """One parallel-drafting (P-EAGLE) forward over a flattened COD sequence of length n.
+        """The draft forward with explicit RoPE positions and attention, over every layer: P-EAGLE's parallel
+        forward over a flattened COD sequence of length n in training, and the decoders' forward at inference.
 
         Args:
             input_ids: int64 ``[B, n]`` (``mask_token_id`` at depth >= 1 slots).
@@ -662,3 +658,9 @@ class Eagle3DraftModel(nn.Module):
         for layer in layers[1:]:
             hidden = layer(hidden, cos, sin, attention_mask)
         return self.model.norm(hidden) if self.config.norm_output else hidden
+
+    forward_peagle = forward_positions  # the seed name (P-EAGLE's training forward)
+
+
+#: the seed name of :class:`DraftModel` (public API; EAGLE-3 and P-EAGLE share the model)
+Eagle3DraftModel = DraftModel

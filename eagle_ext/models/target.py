@@ -24,6 +24,7 @@ from eagle_ext.models.masks import block_causal_visibility, document_ids_from_se
 __all__ = [
     "Eagle3TargetBatch",
     "Eagle3TargetModel",
+    "TargetCapture",
     "build_block_causal_additive_mask",
     "default_eagle3_aux_layer_ids",
     "find_decoder_layers",
@@ -193,8 +194,9 @@ class Eagle3TargetBatch:
         return out
 
 
-class Eagle3TargetModel:
-    """A frozen HF causal LM that returns :class:`Eagle3TargetBatch` es.
+class TargetCapture:
+    """A frozen HF causal LM that returns :class:`Eagle3TargetBatch` es (the seed name ``Eagle3TargetModel`` is an
+    alias; EAGLE-3 and P-EAGLE share the capture).
 
     Works with any layer container found by :func:`find_decoder_layers` (Llama, Qwen2/3, Mistral,
     Phi-3, GPT-2 style, multimodal wrappers). The model is put in eval mode and its parameters stop
@@ -392,3 +394,7 @@ class Eagle3TargetModel:
             store[layer_id] = hidden
 
         return hook
+
+
+#: the seed name of :class:`TargetCapture` (public API)
+Eagle3TargetModel = TargetCapture

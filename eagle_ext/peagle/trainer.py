@@ -8,7 +8,7 @@ Per row of the (shifted, see below) batch:
    ``orig = anchor + depth``.
 2. Flat inputs: depth-0 elements take the real token ``input_ids[orig]`` and ``fc(aux[orig])``; deeper
    elements take ``mask_token_id`` and ``fc(mask_hidden)``. RoPE positions are ``orig``.
-3. One draft forward (:meth:`Eagle3DraftModel.forward_peagle`) under the COD mask: a FlexAttention
+3. One draft forward (:meth:`DraftModel.forward_positions`) under the COD mask: a FlexAttention
    ``BlockMask`` built directly by :func:`eagle_ext.ops.cod_block_mask.build_cod_block_mask` on CUDA, a dense
    bool mask on CPU (FlexAttention has no CPU backward; the dense path is also the reference).
 4. ``KL(target || draft)`` over the draft vocabulary through :func:`eagle_ext.ops.fused_linear_kl`
@@ -379,7 +379,7 @@ class PEagleTrainerModule(nn.Module):
         # mask_hidden stays in the graph even when K = 1 (zero gradient), so DDP sees every parameter used.
         mask_hidden = draft.project_hidden_states(draft.mask_hidden.view(1, -1)).to(context.dtype)
         hidden_in = torch.cat([context, mask_hidden.expand(orig.numel() - n_ctx, -1)], dim=0)
-        hidden = draft.forward_peagle(
+        hidden = draft.forward_positions(
             ids[None], hidden_in[None], orig[None], self._attention_mask(anchor, depth, document_ids, device)
         )[0]
         target = target_logits[row].index_select(-1, self.selected_token_ids).index_select(0, orig)
