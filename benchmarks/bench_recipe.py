@@ -48,7 +48,7 @@ def bare_loop(cfg, steps: int, window: int) -> list[float]:
     from eagle_ext.data import load_or_build_eagle3_token_mapping
     from eagle_ext.models import Eagle3TargetModel
     from eagle_ext.train.distributed import init_distributed
-    from eagle_ext.train.loop import build_draft, build_loaders, build_trainer, load_target
+    from eagle_ext.train.builders import build_draft, build_loaders, build_trainer, load_target
     from eagle_ext.train.optim import build_optimizer
 
     ctx = init_distributed("cpu")

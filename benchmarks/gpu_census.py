@@ -1,6 +1,6 @@
 """Host-sync and recompile census of the training steps, as the recipe runs them (CUDA only).
 
-Each case runs a few full steps the way ``eagle_ext.train.loop`` does: a collated host batch in pinned
+Each case runs a few full steps the way ``eagle_ext.train.trainer`` does: a collated host batch in pinned
 memory, ``_to_device`` (asynchronous copies), the frozen target forward (EAGLE-3: a tiny Llama with packed
 rows, so its block-causal mask is built from device ``seq_lens``), the trainer under bf16 autocast with
 fp32 master weights, backward, gradient clipping and a fused AdamW step; host-side inputs (``seq_lens``,
@@ -89,7 +89,8 @@ def eagle3_case(device, steps, *, seq_lens_on_host=True):
 
     from eagle_ext.eagle3 import Eagle3TrainerModule
     from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
-    from eagle_ext.train.loop import _host_seq_lens, _to_device
+    from eagle_ext.train.trainer import host_seq_lens as _host_seq_lens
+    from eagle_ext.train.trainer import to_device as _to_device
 
     torch.manual_seed(0)
     target = Eagle3TargetModel(LlamaForCausalLM(_config(4)).to(device, torch.bfloat16), aux_layer_ids=[0, 1, 3])
@@ -106,7 +107,7 @@ def eagle3_case(device, steps, *, seq_lens_on_host=True):
         with torch.no_grad():
             inputs = target.generate_batch(**on_device).to_trainer_inputs()
         if seq_lens_on_host:
-            inputs["seq_lens"] = host_seq_lens  # what train/loop.py passes
+            inputs["seq_lens"] = host_seq_lens  # what train/trainer.py passes
         with torch.autocast("cuda", dtype=torch.bfloat16):
             metrics = trainer(**inputs)
         metrics.loss.backward()
@@ -119,7 +120,8 @@ def peagle_case(device, steps, *, partitions, plan_from_host=True):
     from eagle_ext.models import Eagle3DraftModel
     from eagle_ext.models.attention import flex_bucket_length
     from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
-    from eagle_ext.train.loop import _host_plan_masks, _to_device
+    from eagle_ext.peagle.algorithm import host_plan_masks as _host_plan_masks
+    from eagle_ext.train.trainer import to_device as _to_device
 
     torch.manual_seed(0)
     draft = Eagle3DraftModel.from_target_config(_config(4), VD, num_hidden_layers=2, parallel_drafting=True,
@@ -144,7 +146,7 @@ def peagle_case(device, steps, *, partitions, plan_from_host=True):
         masks = _host_plan_masks(batch, shifted=True)
         inputs = _to_device(batch, device)
         if plan_from_host:
-            plan = trainer.build_peagle_plan(*masks, device=device)  # what train/loop.py does
+            plan = trainer.build_peagle_plan(*masks, device=device)  # what the P-EAGLE strategy does
         else:
             plan = trainer.build_peagle_plan(inputs["loss_mask"], inputs["attention_mask"])
         lengths.extend(unit.anchor.numel() for unit in plan.units)

@@ -72,7 +72,8 @@ def get_algorithm(name: Any, *, key: str = "algorithm"):
 
 class Algorithm(abc.ABC):
     """The strategy of one drafting algorithm: what the recipe, the dry run and the demo ask instead of branching
-    on its name. Subclasses (``<package>/algorithm.py``) set :attr:`spec` and implement the abstract methods; the facts every algorithm answers the same way from its spec are implemented here.
+    on its name. Subclasses (``<package>/algorithm.py``) set :attr:`spec` and implement the abstract methods; what
+    every algorithm answers the same way from its spec is implemented here.
 
     ``cfg`` arguments are recipe configs (:class:`eagle_ext.train.config.RecipeConfig`), read by attribute only,
     so the algorithm packages never import the recipe.
@@ -141,8 +142,11 @@ class Algorithm(abc.ABC):
         """The trainer module (an ``nn.Module`` holding the draft) that turns target outputs into the loss."""
 
     @abc.abstractmethod
-    def train_step(self, module, trainer, host_batch: dict, inputs: dict, *, scale: float, autocast):
-        """Forward and backward of one micro-batch (``loss * scale`` back-propagated); returns the step metrics."""
+    def train_step(self, module, trainer, host_batch: dict, inputs: dict, *, accumulation: int, autocast):
+        """Forward and backward of one micro-batch: ``module`` is ``trainer`` or its DDP wrapper, ``host_batch``
+        the collated batch (host tensors, for any plan made without a device sync), ``inputs`` the trainer's
+        device inputs; the loss is back-propagated divided over the ``accumulation`` micro-batches of an
+        optimiser step, the forward runs under ``autocast()``. Returns the step metrics."""
 
     @abc.abstractmethod
     def eval_step(self, trainer, inputs: dict):

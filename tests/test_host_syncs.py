@@ -22,7 +22,8 @@ from eagle_ext.models import Eagle3DraftModel
 from eagle_ext.models.masks import document_ids_from_seq_lens
 from eagle_ext.ops._transfer import to_device_async
 from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
-from eagle_ext.train import loop
+from eagle_ext.peagle.algorithm import host_plan_masks
+from eagle_ext.train import builders, trainer as train_trainer
 
 V, VD, H, T, B = 256, 64, 64, 32, 2
 
@@ -75,7 +76,7 @@ def test_document_ids_of_device_seq_lens_read_nothing_back():
 def test_eagle3_step_with_host_seq_lens_reads_nothing_back_from_the_device(no_autocast):
     trainer = _eagle3_trainer("meta")
     inputs, seq_lens = _eagle3_inputs("meta")
-    metrics = trainer(**inputs, seq_lens=seq_lens)  # host seq_lens, as train/loop.py passes them
+    metrics = trainer(**inputs, seq_lens=seq_lens)  # host seq_lens, as the Trainer passes them
     metrics.loss.backward()
     assert metrics.loss.device.type == "meta"
     assert all(p.grad is not None for p in trainer.parameters() if p.requires_grad)
@@ -101,7 +102,7 @@ def test_peagle_step_with_a_host_plan_reads_nothing_back_from_the_device(no_auto
     batch = {**host, "input_ids": torch.randint(0, V - 1, (B, T), generator=g),
              "aux_hidden_states": torch.randn(B, T, 3 * H, generator=g), "target_logits": torch.randn(B, T, V, generator=g)}
     trainer = _peagle_trainer("meta", partitions)
-    plan = trainer.build_peagle_plan(*loop._host_plan_masks(batch, shifted=True), device="meta")
+    plan = trainer.build_peagle_plan(*host_plan_masks(batch, shifted=True), device="meta")
     assert plan.total_den.device.type == "meta" and all(u.anchor.device.type == "cpu" for u in plan.units)
     metrics = run_partitioned_step(trainer, plan, {k: v.to("meta") for k, v in batch.items()})
     assert metrics.loss.device.type == "meta"
@@ -114,15 +115,15 @@ def test_loop_keeps_the_step_control_inputs_on_the_host():
     g = torch.Generator().manual_seed(2)
     batch = {"input_ids": torch.randint(0, V, (B, T), generator=g), "attention_mask": torch.ones(B, T, dtype=torch.long),
              "loss_mask": (torch.rand(B, T, generator=g) < 0.5).long(), "seq_lens": torch.tensor([[T, 0], [10, T - 10]])}
-    assert loop._host_seq_lens(batch) is batch["seq_lens"]
-    assert loop._host_seq_lens({**batch, "seq_lens": batch["seq_lens"].to("meta")}) is None
-    assert loop._host_seq_lens({k: v for k, v in batch.items() if k != "seq_lens"}) is None
+    assert train_trainer.host_seq_lens(batch) is batch["seq_lens"]
+    assert train_trainer.host_seq_lens({**batch, "seq_lens": batch["seq_lens"].to("meta")}) is None
+    assert train_trainer.host_seq_lens({k: v for k, v in batch.items() if k != "seq_lens"}) is None
     # the plan's loss mask is the one the target capture hands the trainer: shifted left by one, zero tail
-    loss, attention = loop._host_plan_masks(batch, shifted=False)
+    loss, attention = host_plan_masks(batch, shifted=False)
     assert torch.equal(loss, shift_left_with_zero(batch["loss_mask"])) and torch.equal(attention, batch["attention_mask"])
     assert loss.device.type == "cpu" and attention.device.type == "cpu"
-    assert loop._host_plan_masks(batch, shifted=True)[0] is batch["loss_mask"]  # cached batches: already shifted
-    moved = loop._to_device(batch, torch.device("meta"))
+    assert host_plan_masks(batch, shifted=True)[0] is batch["loss_mask"]  # cached batches: already shifted
+    moved = train_trainer.to_device(batch, torch.device("meta"))
     assert all(v.device.type == "meta" for v in moved.values())
 
 
@@ -176,11 +177,11 @@ def test_peagle_recipe_step_on_cuda_makes_no_host_sync():
     host = {"loss_mask": (torch.rand(B, T, generator=g) < 0.7).long(), "attention_mask": torch.ones(B, T, dtype=torch.long)}
     batch = {**host, "input_ids": torch.randint(0, V - 1, (B, T), generator=g),
              "aux_hidden_states": torch.randn(B, T, 3 * H, generator=g), "target_logits": torch.randn(B, T, V, generator=g)}
-    on_device = loop._to_device(batch, torch.device("cuda"))
+    on_device = train_trainer.to_device(batch, torch.device("cuda"))
 
     def step():
         trainer.generator = torch.Generator().manual_seed(5)  # the same COD lengths: no new flex compile
-        plan = trainer.build_peagle_plan(*loop._host_plan_masks(batch, shifted=True), device="cuda")
+        plan = trainer.build_peagle_plan(*host_plan_masks(batch, shifted=True), device="cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):
             run_partitioned_step(trainer, plan, on_device)
 
@@ -198,7 +199,7 @@ def test_ddp_wrapper_leaves_inputs_where_they_are_and_uses_bucket_views(tmp_path
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        module = loop.wrap_ddp(torch.nn.Linear(3, 2))
+        module = builders.wrap_ddp(torch.nn.Linear(3, 2))
         assert module.device_ids is None and module.gradient_as_bucket_view
         module(torch.randn(4, 3)).sum().backward()
         assert module.module.weight.grad is not None

@@ -75,7 +75,7 @@ def test_progress_false_silences_library_bars(tmp_path, base, capfd):
 def test_ddp_wrapper_raises_no_deprecation_warning(tmp_path):
     import torch.distributed as dist
 
-    from eagle_ext.train.loop import wrap_ddp
+    from eagle_ext.train.builders import wrap_ddp
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

@@ -322,7 +322,7 @@ def test_engine_limits_are_recorded_for_known_families_only_and_read_back_from_e
 
 def test_init_head_from_target_copies_gemmas_effective_norm_gain():
     from eagle_ext.models import Eagle3DraftModel
-    from eagle_ext.train.loop import init_head_from_target
+    from eagle_ext.train.builders import init_head_from_target
 
     model = _model_or_skip("gemma3")
     with torch.no_grad():

@@ -141,7 +141,7 @@ def test_a_run_from_before_the_draft_section_still_resumes(tmp_path):
 
     from eagle_ext.train.config import config_to_dict
     from eagle_ext.train.distributed import DistContext
-    from eagle_ext.train.loop import _check_resume_compatible
+    from eagle_ext.train.resume import check_resume_compatible as _check_resume_compatible
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "target.name_or_path=x", "data.train_path=y"])
     checkpoint = tmp_path / "ckpt"

@@ -343,7 +343,8 @@ def test_recipe_exports_at_the_end_of_training(tmp_path, tiny):
 def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny, monkeypatch):
     """eagle-ext precompute, then eagle-ext train with data.cached_target_path: no target is loaded, and the run
     reproduces the live run on the same data (the cache holds the same supervision)."""
-    import eagle_ext.train.loop as loop
+    import eagle_ext.train.builders as builders
+    from eagle_ext.train.loop import run_training
 
     base = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in tiny(str(tmp_path / "x"))}
     common = ["data.packed_sequence_size=0", "data.seq_length=96", "train.max_steps=3", "checkpoint.every_steps=null"]
@@ -361,7 +362,7 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
     def no_target(*args, **kwargs):
         raise AssertionError("a cached run must not load the target")
 
-    monkeypatch.setattr(loop, "load_target", no_target)
+    monkeypatch.setattr(builders, "load_target", no_target)
     cached = str(tmp_path / "cached")
     assert main(["train", "-c", TINY["eagle3"], *tiny(cached, *common, f"data.cached_target_path={caches['train']}",
                                                     f"data.eval_path={caches['eval']}")]) == 0
@@ -392,7 +393,7 @@ def test_trains_from_an_offline_cache_without_loading_the_target(tmp_path, tiny,
     torch.testing.assert_close(per_target_token(warm_draft), per_target_token(exported), atol=1e-5, rtol=0)
     # a cache made for another configuration is refused, naming the field
     with pytest.raises(ConfigError, match="seq_length"):
-        loop.run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), *common, "data.seq_length=64",
+        run_training(load_config(TINY["eagle3"], tiny(str(tmp_path / "bad"), *common, "data.seq_length=64",
                                                              f"data.cached_target_path={caches['train']}",
                                                              "data.eval_path=null")))
 
@@ -421,7 +422,7 @@ def test_init_head_from_target_copies_the_draft_vocab_rows(tmp_path, tiny):
     from transformers import AutoModelForCausalLM
 
     from eagle_ext.train.checkpoint import load_checkpoint_draft, load_token_mapping
-    from eagle_ext.train.loop import init_head_from_target
+    from eagle_ext.train.builders import init_head_from_target
 
     run = str(tmp_path / "run")
     assert main(["train", "-c", TINY["eagle3"], *tiny(run, "train.max_steps=1", "optim.lr=1e-12",

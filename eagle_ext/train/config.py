@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from eagle_ext._paths import looks_like_local_path
+from eagle_ext.algorithms import ALGORITHM_NAMES, REGISTRY, get_algorithm
 
 __all__ = [
     "ConfigError",
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-ALGORITHMS = ("eagle3", "peagle")
+ALGORITHMS = ALGORITHM_NAMES  # the registry's (eagle_ext/algorithms.py)
 
 
 @dataclass
@@ -370,9 +371,11 @@ def validate(cfg: RecipeConfig) -> None:
     """
     _require(bool(cfg.output_dir), "output_dir", cfg.output_dir, "a directory path (required)")
     _require(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, f"one of {ALGORITHMS}")
-    other = "peagle" if cfg.algorithm == "eagle3" else "eagle3"
-    stray = sorted(k for k in cfg.explicit if k.startswith(other + "."))
+    algo = get_algorithm(cfg.algorithm)
+    others = {s.config_section: s.name for s in REGISTRY.values() if s.name != cfg.algorithm}
+    stray = sorted(k for k in cfg.explicit if k.split(".")[0] in others)
     if stray:
+        other = others[stray[0].split(".")[0]]
         raise ConfigError(f"{', '.join(stray)} set, but algorithm is {cfg.algorithm!r}: {other}.* knobs belong to "
                           f"algorithm: {other}; remove them or switch the algorithm")
 
@@ -381,11 +384,12 @@ def validate(cfg: RecipeConfig) -> None:
     if cached:
         _require(os.path.isdir(cfg.data.cached_target_path), "data.cached_target_path", cfg.data.cached_target_path,
                  "an existing cache directory written by `eagle-ext precompute`")
-        _require(cfg.algorithm == "eagle3", "algorithm", cfg.algorithm, "'eagle3' with data.cached_target_path "
+        cachable = " or ".join(repr(s.name) for s in REGISTRY.values() if s.offline_cache)
+        _require(algo.spec.offline_cache, "algorithm", cfg.algorithm, f"{cachable} with data.cached_target_path "
                  "(the offline cache holds EAGLE-3 supervision)")
         _require(t.sharding == "replicate", "target.sharding", t.sharding,
                  "'replicate' with data.cached_target_path (no target is loaded)")
-        _require(not cfg.eagle3.init_head_from_target, "eagle3.init_head_from_target", True,
+        _require(not algo.init_head_from_target(cfg), f"{algo.spec.config_section}.init_head_from_target", True,
                  "false with data.cached_target_path (the cache holds the input embeddings, not the output head)")
         if cfg.data.eval_path is not None:
             _require(os.path.isdir(cfg.data.eval_path), "data.eval_path", cfg.data.eval_path,
@@ -417,32 +421,12 @@ def validate(cfg: RecipeConfig) -> None:
     _positive_int(d.num_workers, "data.num_workers", 0)
     if d.draft_vocab_size is not None:
         _positive_int(d.draft_vocab_size, "data.draft_vocab_size")
-    if cfg.algorithm == "peagle":
+    if not algo.spec.packing:
         _require(d.packed_sequence_size == 0, "data.packed_sequence_size", d.packed_sequence_size,
-                 "0 with algorithm 'peagle' (a P-EAGLE row is one document)")
+                 f"0 with algorithm {cfg.algorithm!r} (a {algo.spec.label} row is one document)")
     if cached:
         _require(d.packed_sequence_size == 0, "data.packed_sequence_size", d.packed_sequence_size,
                  "0 with data.cached_target_path (the cache stores padded samples)")
-
-    if cfg.algorithm == "eagle3":
-        e = cfg.eagle3
-        _positive_int(e.ttt_steps, "eagle3.ttt_steps")
-        _require(e.step_decay > 0, "eagle3.step_decay", e.step_decay, "a number > 0")
-        _require(e.attn_implementation in ("lean", "eager", "flex"), "eagle3.attn_implementation",
-                 e.attn_implementation, "'lean', 'eager' or 'flex'")
-    else:
-        p = cfg.peagle
-        _positive_int(p.num_depths, "peagle.num_depths")
-        _positive_int(p.num_draft_layers, "peagle.num_draft_layers")
-        _positive_int(p.sequence_partitions, "peagle.sequence_partitions")
-        for key in ("down_sample_ratio", "down_sample_ratio_min"):
-            v = getattr(p, key)
-            _require(0 < v <= 1, f"peagle.{key}", v, "a ratio in (0, 1]")
-        _require(p.mask_token_id is not None and p.mask_token_id >= 0, "peagle.mask_token_id", p.mask_token_id,
-                 "a token id of the target vocabulary (required for P-EAGLE)")
-        if p.max_anchors is not None:
-            _positive_int(p.max_anchors, "peagle.max_anchors")
-        _require(p.attention in ("auto", "flex", "dense"), "peagle.attention", p.attention, "'auto', 'flex' or 'dense'")
 
     dr = cfg.draft
     for key in ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
@@ -451,14 +435,7 @@ def validate(cfg: RecipeConfig) -> None:
     if dr.num_attention_heads is not None and dr.num_key_value_heads is not None:
         _require(dr.num_attention_heads % dr.num_key_value_heads == 0, "draft.num_key_value_heads",
                  dr.num_key_value_heads, f"a divisor of draft.num_attention_heads ({dr.num_attention_heads})")
-    if dr.num_hidden_layers is not None:
-        if cfg.algorithm == "eagle3":
-            _require(dr.num_hidden_layers == 1, "draft.num_hidden_layers", dr.num_hidden_layers,
-                     "1 or null with algorithm 'eagle3' (an EAGLE-3 draft has one layer; P-EAGLE stacks more)")
-        elif "peagle.num_draft_layers" in cfg.explicit:
-            _require(dr.num_hidden_layers == cfg.peagle.num_draft_layers, "draft.num_hidden_layers",
-                     dr.num_hidden_layers, f"null or equal to peagle.num_draft_layers ({cfg.peagle.num_draft_layers}; "
-                     "they name the same layer count, set one)")
+    algo.validate_config(cfg, _require)  # its own section, and what it rules for draft.*
     if dr.rope_layer_type is not None:
         _require(bool(dr.rope_layer_type.strip()), "draft.rope_layer_type", dr.rope_layer_type,
                  "null or a layer type of the target, e.g. 'full_attention'")
@@ -521,7 +498,9 @@ def config_to_dict(cfg: RecipeConfig, *, active_only: bool = True) -> dict:
     out = dataclasses.asdict(cfg)
     out.pop("explicit", None)
     if active_only:
-        out.pop("peagle" if cfg.algorithm == "eagle3" else "eagle3")
+        for spec in REGISTRY.values():
+            if spec.name != cfg.algorithm:
+                out.pop(spec.config_section)
     return out
 
 

@@ -37,7 +37,8 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from eagle_ext.models.families import default_draft_shape
-    from eagle_ext.train.loop import build_draft
+    from eagle_ext.algorithms import get_algorithm
+    from eagle_ext.train.builders import build_draft
     from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
 
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
@@ -57,9 +58,10 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     vd = cfg.data.draft_vocab_size or vocab
     if vd > vocab:
         raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab}), got {vd}")
-    if cfg.algorithm == "peagle" and cfg.peagle.mask_token_id >= vocab:
-        raise ConfigError(f"peagle.mask_token_id must be < the target's vocab_size ({vocab}), got "
-                          f"{cfg.peagle.mask_token_id}")
+    algorithm = get_algorithm(cfg.algorithm)
+    problems = algorithm.target_problems(cfg, vocab)
+    if problems:
+        raise ConfigError(problems[0])
     check_target_for_run(cfg, target_config)
     with torch.device("meta"):
         target = AutoModelForCausalLM.from_config(target_config, trust_remote_code=t.trust_remote_code)
@@ -95,14 +97,10 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     target_act = tokens * (4 * hidden + 2 * inter) * tb + tokens * 3 * hidden * tb + tokens * vocab * tb
     supervision = tokens * vd * 4  # fp32 draft-vocab target distribution
     draft_state = n_train * (4 + 4 + 8) + n_draft_frozen * 4  # fp32 weights, grads, AdamW moments
-    if cfg.algorithm == "eagle3":
-        steps = cfg.eagle3.ttt_steps
-        # per TTT step kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype)
-        draft_act = steps * tokens * (12 * hidden + 3 * draft_inter) * act
-    else:
-        p = cfg.peagle
-        n_elements = tokens * (1 + sum(p.down_sample_ratio ** d for d in range(1, p.num_depths)))
-        draft_act = n_elements / p.sequence_partitions * len(draft.model.layers) * (12 * hidden + 3 * draft_inter) * act
+    # per token-layer pass kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype); the
+    # algorithm counts the passes (EAGLE-3: one layer per TTT step; P-EAGLE: COD elements per partition x layers)
+    passes = algorithm.activation_layer_tokens(cfg, tokens, len(draft.model.layers))
+    draft_act = passes * (12 * hidden + 3 * draft_inter) * act
     total = target_weights + target_act + supervision + draft_state + draft_act
     return {
         "algorithm": cfg.algorithm,

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 from eagle_ext._io import atomic_path
+from eagle_ext.algorithms import ALGORITHM_NAMES, REGISTRY
 
 __all__ = ["MetricsLog", "format_table", "plot_curves", "read_metrics", "save_figure"]
 
@@ -48,20 +49,20 @@ def _series(records: Sequence[dict], phase: str, split: str, key: str) -> tuple[
     return [r["step"] for r in picked], [r[key] for r in picked]
 
 
-_TITLES = {"eagle3": "EAGLE-3", "peagle": "P-EAGLE"}
+_TITLES = {spec.name: spec.label for spec in REGISTRY.values()}  # phase -> title, from the registry
 
 
 def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
     """Training curves against the step into a PNG at ``path``: one row per algorithm present in ``records``
-    (``phase`` eagle3 / peagle) with loss, accuracy and tau_sim (EAGLE-3) or per-depth accuracy (P-EAGLE);
-    train as lines, eval as points. Returns False (and writes nothing) when matplotlib is not installed.
+    (``phase``: a registered algorithm's name) with loss, accuracy and the algorithm's own metric, whichever its
+    records carry: tau_sim (EAGLE-3) or per-depth accuracy (P-EAGLE); train as lines, eval as points. Returns False (and writes nothing) when matplotlib is not installed.
 
     Raises:
         ValueError: ``records`` holds no EAGLE-3 or P-EAGLE record.
     """
     phases = [p for p in _TITLES if any(r.get("phase") == p for r in records)]
     if not phases:
-        raise ValueError("records holds no record with phase 'eagle3' or 'peagle'; nothing to plot")
+        raise ValueError(f"records holds no record with a phase of {ALGORITHM_NAMES}; nothing to plot")
     try:
         import matplotlib
 
@@ -81,7 +82,7 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> bool:
                     ax.plot(x, y, style, label=split)
             ax.set_title(f"{name} {key}")
         ax = row[2]
-        if phase == "eagle3":
+        if any(r.get("phase") == phase and "tau_sim" in r for r in records):
             for split, style in (("train", "-"), ("eval", "o")):
                 x, y = _series(records, phase, split, "tau_sim")
                 if x:

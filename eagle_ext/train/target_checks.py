@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eagle_ext.algorithms import get_algorithm
 from eagle_ext.train.config import ConfigError, RecipeConfig
 
 __all__ = ["check_target_for_run", "draft_shape_kwargs", "draft_num_layers", "resolve_aux_layer_ids"]
@@ -45,9 +46,7 @@ def resolve_aux_layer_ids(cfg: RecipeConfig, num_layers: int, cached_ids: list[i
 def draft_num_layers(cfg: RecipeConfig) -> int:
     """The draft's decoder layer count: 1 for EAGLE-3; ``draft.num_hidden_layers`` or ``peagle.num_draft_layers``
     for P-EAGLE."""
-    if cfg.algorithm == "eagle3":
-        return 1
-    return cfg.draft.num_hidden_layers or cfg.peagle.num_draft_layers
+    return get_algorithm(cfg.algorithm).draft_num_layers(cfg)
 
 
 def draft_shape_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
@@ -74,10 +73,12 @@ def check_target_for_run(cfg: RecipeConfig, target_config: Any) -> None:
             check_packing_supported(target_config)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    algorithm = get_algorithm(cfg.algorithm)
     try:  # the draft config alone (no tensors): shape, heads / KV heads, RoPE choice and type
         draft_config = build_draft_config(
-            target_config, None, num_hidden_layers=draft_num_layers(cfg), parallel_drafting=cfg.algorithm == "peagle",
-            mask_token_id=cfg.peagle.mask_token_id if cfg.algorithm == "peagle" else None, **draft_shape_kwargs(cfg))
+            target_config, None, num_hidden_layers=draft_num_layers(cfg),
+            parallel_drafting=algorithm.spec.parallel_drafting, mask_token_id=algorithm.mask_token_id(cfg),
+            **draft_shape_kwargs(cfg))
         compute_inv_freq(draft_config)
     except ValueError as err:
         message = str(err)
