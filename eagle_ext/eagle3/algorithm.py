@@ -9,7 +9,7 @@ from eagle_ext.algorithms import REGISTRY, Algorithm
 from eagle_ext.eagle3.metrics import simulated_accept_length
 from eagle_ext.eagle3.trainer import Eagle3TrainerModule
 
-__all__ = ["EAGLE3", "Eagle3Algorithm"]
+__all__ = ["Eagle3Algorithm"]  # the registry loads the instance, EAGLE3
 
 ATTN_IMPLEMENTATIONS = ("lean", "eager", "flex")
 

@@ -13,7 +13,7 @@ from eagle_ext.eagle3.targets import shift_left_with_zero
 from eagle_ext.ops.cod import generate_cod_sample_indices
 from eagle_ext.peagle.trainer import PEagleTrainerModule, run_partitioned_step
 
-__all__ = ["PEAGLE", "PEagleAlgorithm", "all_cod_chains", "host_plan_masks"]
+__all__ = ["PEagleAlgorithm", "all_cod_chains", "host_plan_masks"]  # the registry loads the instance, PEAGLE
 
 ATTENTIONS = ("auto", "flex", "dense")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from eagle_ext._paths import looks_like_local_path
-from eagle_ext.algorithms import ALGORITHM_NAMES, REGISTRY, get_algorithm
+from eagle_ext.algorithms import ALGORITHM_NAMES, REGISTRY, Algorithm, get_algorithm
 
 __all__ = [
     "ConfigError",
@@ -363,12 +363,23 @@ def _positive_int(cfg_value: Any, key: str, minimum: int = 1) -> None:
 
 
 def validate(cfg: RecipeConfig) -> None:
-    """Check every value (ranges, choices, required keys, cross-field rules). Touches only the file system
-    (existence of paths); loads nothing.
+    """Check every value (ranges, choices, required keys, cross-field rules), section by section; the algorithm's
+    own section is checked by its strategy. Touches only the file system (existence of paths); loads nothing.
 
     Raises:
         ConfigError: naming the key, the value and what is expected.
     """
+    algo = _validate_algorithm(cfg)
+    _validate_target(cfg, algo)
+    _validate_data(cfg, algo)
+    _validate_draft(cfg, algo)
+    _validate_optim(cfg)
+    _validate_train(cfg)
+    _validate_checkpoint(cfg)
+
+
+def _validate_algorithm(cfg: RecipeConfig) -> Algorithm:
+    """The algorithm's strategy, after refusing knobs of another algorithm's section."""
     _require(bool(cfg.output_dir), "output_dir", cfg.output_dir, "a directory path (required)")
     _require(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, f"one of {ALGORITHMS}")
     algo = get_algorithm(cfg.algorithm)
@@ -379,6 +390,11 @@ def validate(cfg: RecipeConfig) -> None:
         raise ConfigError(f"{', '.join(stray)} set, but algorithm is {cfg.algorithm!r}: {other}.* knobs belong to "
                           f"algorithm: {other}; remove them or switch the algorithm")
 
+    return algo
+
+
+def _validate_target(cfg: RecipeConfig, algo: Algorithm) -> None:
+    """The target (or the offline cache standing for it), the data paths it needs, aux layers."""
     t = cfg.target
     cached = cfg.data.cached_target_path is not None
     if cached:
@@ -412,6 +428,8 @@ def validate(cfg: RecipeConfig) -> None:
                  and len(set(t.aux_layer_ids)) == len(t.aux_layer_ids),
                  "target.aux_layer_ids", t.aux_layer_ids, "distinct non-negative layer indices")
 
+
+def _validate_data(cfg: RecipeConfig, algo: Algorithm) -> None:
     d = cfg.data
     _positive_int(d.seq_length, "data.seq_length", 2)
     _require(d.packed_sequence_size == 0 or d.packed_sequence_size >= 2, "data.packed_sequence_size",
@@ -424,10 +442,12 @@ def validate(cfg: RecipeConfig) -> None:
     if not algo.spec.packing:
         _require(d.packed_sequence_size == 0, "data.packed_sequence_size", d.packed_sequence_size,
                  f"0 with algorithm {cfg.algorithm!r} (a {algo.spec.label} row is one document)")
-    if cached:
+    if cfg.data.cached_target_path is not None:
         _require(d.packed_sequence_size == 0, "data.packed_sequence_size", d.packed_sequence_size,
                  "0 with data.cached_target_path (the cache stores padded samples)")
 
+
+def _validate_draft(cfg: RecipeConfig, algo: Algorithm) -> None:
     dr = cfg.draft
     for key in ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
         if getattr(dr, key) is not None:
@@ -440,6 +460,8 @@ def validate(cfg: RecipeConfig) -> None:
         _require(bool(dr.rope_layer_type.strip()), "draft.rope_layer_type", dr.rope_layer_type,
                  "null or a layer type of the target, e.g. 'full_attention'")
 
+
+def _validate_optim(cfg: RecipeConfig) -> None:
     o = cfg.optim
     _require(o.lr > 0, "optim.lr", o.lr, "a number > 0")
     _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
@@ -448,6 +470,8 @@ def validate(cfg: RecipeConfig) -> None:
     _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
     _positive_int(o.grad_accumulation_steps, "optim.grad_accumulation_steps")
 
+
+def _validate_train(cfg: RecipeConfig) -> None:
     tr = cfg.train
     _positive_int(tr.epochs, "train.epochs")
     if tr.max_steps is not None:
@@ -471,6 +495,8 @@ def validate(cfg: RecipeConfig) -> None:
         raise ConfigError("train.tensorboard is true, but the tensorboard package is not installed; install it "
                           "(pip install 'eagle_ext[tensorboard]') or set train.tensorboard=false")
 
+
+def _validate_checkpoint(cfg: RecipeConfig) -> None:
     c = cfg.checkpoint
     if c.every_steps is not None:
         _positive_int(c.every_steps, "checkpoint.every_steps")

@@ -11,9 +11,14 @@ import os
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from eagle_ext.algorithms import get_algorithm
+from eagle_ext.models.families import default_draft_shape
 from eagle_ext.models.rope import rope_parameters_from_config
+from eagle_ext.train.builders import build_draft
 from eagle_ext.train.config import ConfigError, RecipeConfig, config_to_yaml
+from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
 
 __all__ = ["describe_run", "format_description"]
 
@@ -27,6 +32,61 @@ def _human(n: float) -> str:
     return f"{int(n)} B"
 
 
+def _read_target_config(cfg: RecipeConfig):
+    """The target's config.json (only that file), or a clear error naming ``target.name_or_path``."""
+    t = cfg.target
+    try:
+        return AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config.json ({detail}); the dry "
+                          "run reads only that file (no weights, no data): give a local model directory, or a hub id "
+                          "that is in the local Hugging Face cache or reachable online") from exc
+
+
+def _draft_shape(cfg: RecipeConfig, draft, target_config) -> dict[str, Any]:
+    """The draft's architecture as the dry run prints it (with the notes on shapes chosen from the target)."""
+    dc = draft.config
+    chosen = any(getattr(cfg.draft, k) is not None for k in ("intermediate_size", "num_attention_heads",
+                                                             "num_key_value_heads", "head_dim"))
+    return {"num_hidden_layers": len(draft.model.layers), "hidden_size": int(dc.hidden_size),
+            "num_attention_heads": int(dc.num_attention_heads), "num_key_value_heads": int(dc.num_key_value_heads),
+            "head_dim": int(dc.head_dim), "intermediate_size": int(dc.intermediate_size),
+            "bias": bool(dc.attention_bias or dc.mlp_bias),
+            "rope": {k: v for k, v in rope_parameters_from_config(dc).items() if k in ("rope_type", "rope_theta",
+                                                                                       "factor")},
+            "notes": [] if chosen else default_draft_shape(target_config)["notes"]}
+
+
+def _memory_estimate(cfg: RecipeConfig, algorithm, text, draft, *, n_target: int, n_train: int,
+                     n_draft_frozen: int, vd: int, world: int, dtype: str, cuda: bool) -> tuple[dict[str, int], int]:
+    """Per-rank peak-memory terms (bytes) of one micro-batch, and its token count."""
+    t = cfg.target
+    vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
+    tb = _BYTES[dtype]
+    width = cfg.data.packed_sequence_size or cfg.data.seq_length
+    tokens = cfg.train.micro_batch_size * width
+    inter = int(getattr(text, "intermediate_size", 4 * hidden))
+    draft_inter = int(draft.config.intermediate_size)
+    act = 2 if cuda and cfg.train.autocast != "none" else 4
+    target_weights = n_target * tb / (world if t.sharding == "fsdp" else 1)
+    if t.sharding == "fsdp":
+        target_weights += n_target * tb / max(layers, 1)  # one gathered layer at a time
+    # target forward (no grad): one layer's working set, the three aux states, the full-vocab logits
+    target_act = tokens * (4 * hidden + 2 * inter) * tb + tokens * 3 * hidden * tb + tokens * vocab * tb
+    supervision = tokens * vd * 4  # fp32 draft-vocab target distribution
+    draft_state = n_train * (4 + 4 + 8) + n_draft_frozen * 4  # fp32 weights, grads, AdamW moments
+    # per token-layer pass kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype); the
+    # algorithm counts the passes (EAGLE-3: one layer per TTT step; P-EAGLE: COD elements per partition x layers)
+    passes = algorithm.activation_layer_tokens(cfg, tokens, len(draft.model.layers))
+    draft_act = passes * (12 * hidden + 3 * draft_inter) * act
+    total = target_weights + target_act + supervision + draft_state + draft_act
+    return {"target_weights": int(target_weights), "target_forward": int(target_act),
+            "supervision": int(supervision), "draft_weights_grads_adam": int(draft_state),
+            "draft_activations": int(draft_act), "total": int(total)}, tokens
+
+
 def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool | None = None) -> dict[str, Any]:
     """Parameter counts and a per-rank peak-memory estimate for ``cfg`` (``world_size`` defaults to WORLD_SIZE
     or 1; ``cuda`` to whether the run would use CUDA).
@@ -34,24 +94,10 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     Raises:
         ConfigError: the target config cannot be read, or contradicts the config (aux ids, vocab sizes).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from eagle_ext.models.families import default_draft_shape
-    from eagle_ext.algorithms import get_algorithm
-    from eagle_ext.train.builders import build_draft
-    from eagle_ext.train.target_checks import check_target_for_run, resolve_aux_layer_ids
-
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     cuda = (torch.cuda.is_available() and cfg.train.device != "cpu") if cuda is None else cuda
     t = cfg.target
-    try:
-        target_config = AutoConfig.from_pretrained(t.name_or_path, trust_remote_code=t.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
-        raise ConfigError(f"target.name_or_path {t.name_or_path!r}: cannot read its config.json ({detail}); the dry "
-                          "run reads only that file (no weights, no data): give a local model directory, or a hub id "
-                          "that is in the local Hugging Face cache or reachable online") from exc
+    target_config = _read_target_config(cfg)
     text = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
     aux = resolve_aux_layer_ids(cfg, layers)
@@ -72,36 +118,9 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     n_target = sum(p.numel() for p in target.parameters())
     n_train = sum(p.numel() for p in draft.parameters() if p.requires_grad)
     n_draft_frozen = sum(p.numel() for p in draft.parameters() if not p.requires_grad)
-    dc = draft.config
-    shape = {"num_hidden_layers": len(draft.model.layers), "hidden_size": int(dc.hidden_size),
-             "num_attention_heads": int(dc.num_attention_heads), "num_key_value_heads": int(dc.num_key_value_heads),
-             "head_dim": int(dc.head_dim), "intermediate_size": int(dc.intermediate_size),
-             "bias": bool(dc.attention_bias or dc.mlp_bias),
-             "rope": {k: v for k, v in rope_parameters_from_config(dc).items() if k in ("rope_type", "rope_theta",
-                                                                                        "factor")},
-             "notes": [] if any(getattr(cfg.draft, k) is not None for k in ("intermediate_size", "num_attention_heads",
-                                                                             "num_key_value_heads", "head_dim"))
-             else default_draft_shape(target_config)["notes"]}
-
     dtype = t.dtype if t.dtype != "auto" else ("bf16" if cuda else "fp32")
-    tb = _BYTES[dtype]
-    width = cfg.data.packed_sequence_size or cfg.data.seq_length
-    tokens = cfg.train.micro_batch_size * width
-    inter = int(getattr(text, "intermediate_size", 4 * hidden))
-    draft_inter = int(dc.intermediate_size)
-    act = 2 if cuda and cfg.train.autocast != "none" else 4
-    target_weights = n_target * tb / (world if t.sharding == "fsdp" else 1)
-    if t.sharding == "fsdp":
-        target_weights += n_target * tb / max(layers, 1)  # one gathered layer at a time
-    # target forward (no grad): one layer's working set, the three aux states, the full-vocab logits
-    target_act = tokens * (4 * hidden + 2 * inter) * tb + tokens * 3 * hidden * tb + tokens * vocab * tb
-    supervision = tokens * vd * 4  # fp32 draft-vocab target distribution
-    draft_state = n_train * (4 + 4 + 8) + n_draft_frozen * 4  # fp32 weights, grads, AdamW moments
-    # per token-layer pass kept for backward: layer inputs/outputs, q/k/v, MLP intermediates (autocast dtype); the
-    # algorithm counts the passes (EAGLE-3: one layer per TTT step; P-EAGLE: COD elements per partition x layers)
-    passes = algorithm.activation_layer_tokens(cfg, tokens, len(draft.model.layers))
-    draft_act = passes * (12 * hidden + 3 * draft_inter) * act
-    total = target_weights + target_act + supervision + draft_state + draft_act
+    memory, tokens = _memory_estimate(cfg, algorithm, text, draft, n_target=n_target, n_train=n_train,
+                                      n_draft_frozen=n_draft_frozen, vd=vd, world=world, dtype=dtype, cuda=cuda)
     return {
         "algorithm": cfg.algorithm,
         "world_size": world,
@@ -109,12 +128,8 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
                    "hidden_size": hidden, "vocab_size": vocab, "aux_layer_ids": aux, "dtype": dtype,
                    "sharding": t.sharding},
         "draft": {"trainable_parameters": n_train, "frozen_parameters": n_draft_frozen, "draft_vocab_size": vd,
-                  "parameters": n_train + n_draft_frozen, "shape": shape},
-        "memory_per_rank_bytes": {
-            "target_weights": int(target_weights), "target_forward": int(target_act),
-            "supervision": int(supervision), "draft_weights_grads_adam": int(draft_state),
-            "draft_activations": int(draft_act), "total": int(total),
-        },
+                  "parameters": n_train + n_draft_frozen, "shape": _draft_shape(cfg, draft, target_config)},
+        "memory_per_rank_bytes": memory,
         "tokens_per_micro_batch": tokens,
     }
 
