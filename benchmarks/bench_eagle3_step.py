@@ -39,14 +39,14 @@ def _step_case(*, attn, loss_impl, hidden, layers, seq, batch, ttt, vocab, draft
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from eagle_ext.eagle3 import Eagle3TrainerModule
-    from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
+    from eagle_ext.models import DraftModel, TargetCapture
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128),
                          max_position_embeddings=max(4096, seq))
-    target = Eagle3TargetModel(LlamaForCausalLM(config).to(where), aux_layer_ids=[0, layers // 2, layers - 1])
-    draft = Eagle3DraftModel.from_target_config(config, draft_vocab, attn_implementation=attn).to(where)
+    target = TargetCapture(LlamaForCausalLM(config).to(where), aux_layer_ids=[0, layers // 2, layers - 1])
+    draft = DraftModel.from_target_config(config, draft_vocab, attn_implementation=attn).to(where)
     draft.copy_embeddings_from(target)
     ids = torch.randperm(vocab)[:draft_vocab]
     mask = torch.zeros(vocab, dtype=torch.bool)

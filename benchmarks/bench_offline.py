@@ -77,7 +77,7 @@ def main() -> None:
 
     from eagle_ext.data.loader import build_eagle3_dataloader
     from eagle_ext.eagle3 import Eagle3TrainerModule
-    from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
+    from eagle_ext.models import DraftModel, TargetCapture
     from eagle_ext.offline import (
         build_cached_dataloader,
         load_cached_embeddings,
@@ -106,7 +106,7 @@ def main() -> None:
         cache = caches["lossless"]
         ids, mask = load_cached_token_mapping(cache)
         torch.manual_seed(0)
-        draft = Eagle3DraftModel.from_target_config(load_cached_target_config(cache), vd)
+        draft = DraftModel.from_target_config(load_cached_target_config(cache), vd)
         draft.copy_embeddings_from(load_cached_embeddings(cache))
         draft.set_vocab_mapping(ids)
         base = Eagle3TrainerModule(draft, selected_token_ids=ids, selected_token_mask=mask, ttt_steps=ttt).to(device)
@@ -114,7 +114,7 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(target_dir)
         live_loader = build_eagle3_dataloader(data, tok, seq, batch, shuffle=False, show_progress=False)
         live_batches = list(live_loader)
-        target = Eagle3TargetModel(LlamaForCausalLM.from_pretrained(target_dir).to(device), aux_layer_ids=list(aux))
+        target = TargetCapture(LlamaForCausalLM.from_pretrained(target_dir).to(device), aux_layer_ids=list(aux))
         cached_loader = build_cached_dataloader(cache, batch, shuffle=False, show_progress=False)
         real = sum(int(b["attention_mask"].sum()) for b in live_batches)
         slots = sum(b["attention_mask"].numel() for b in live_batches)

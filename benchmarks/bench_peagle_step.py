@@ -19,7 +19,7 @@ def step_case(seq_length: int, batch: int, hidden: int, layers: int, vocab: int,
               num_depths: int, segments: int, on: str):
     from transformers import LlamaConfig
 
-    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.models import DraftModel
     from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
 
     torch.manual_seed(0)
@@ -29,7 +29,7 @@ def step_case(seq_length: int, batch: int, hidden: int, layers: int, vocab: int,
                          max_position_embeddings=seq_length * 2)
     device = on
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    draft = Eagle3DraftModel.from_target_config(config, draft_vocab, num_hidden_layers=layers,
+    draft = DraftModel.from_target_config(config, draft_vocab, num_hidden_layers=layers,
                                                 parallel_drafting=True, mask_token_id=vocab - 1)
     draft = draft.to(device=device, dtype=dtype)
     ids = torch.arange(draft_vocab, device=device)

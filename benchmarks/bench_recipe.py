@@ -46,9 +46,9 @@ def bare_loop(cfg, steps: int, window: int) -> list[float]:
     from transformers import AutoConfig, AutoTokenizer
 
     from eagle_ext.data import load_or_build_eagle3_token_mapping
-    from eagle_ext.models import Eagle3TargetModel
-    from eagle_ext.train.distributed import init_distributed
+    from eagle_ext.models import TargetCapture
     from eagle_ext.train.builders import build_draft, build_loaders, build_trainer, load_target
+    from eagle_ext.train.distributed import init_distributed
     from eagle_ext.train.optim import build_optimizer
 
     ctx = init_distributed("cpu")
@@ -63,7 +63,7 @@ def bare_loop(cfg, steps: int, window: int) -> list[float]:
     draft.copy_embeddings_from(hf)
     draft.set_vocab_mapping(ids)
     trainer = build_trainer(cfg, draft, ids, mask, None)
-    target = Eagle3TargetModel(hf, aux_layer_ids=cfg.target.aux_layer_ids)
+    target = TargetCapture(hf, aux_layer_ids=cfg.target.aux_layer_ids)
     optimizer, scheduler = build_optimizer(trainer.parameters(), cfg.optim.lr, steps)
     params = [p for p in trainer.parameters() if p.requires_grad]
     rates, tokens, clock, step, epoch = [], 0, time.perf_counter(), 0, 0

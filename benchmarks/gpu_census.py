@@ -88,13 +88,13 @@ def eagle3_case(device, steps, *, seq_lens_on_host=True):
     from transformers import LlamaForCausalLM
 
     from eagle_ext.eagle3 import Eagle3TrainerModule
-    from eagle_ext.models import Eagle3DraftModel, Eagle3TargetModel
+    from eagle_ext.models import DraftModel, TargetCapture
     from eagle_ext.train.trainer import host_seq_lens as _host_seq_lens
     from eagle_ext.train.trainer import to_device as _to_device
 
     torch.manual_seed(0)
-    target = Eagle3TargetModel(LlamaForCausalLM(_config(4)).to(device, torch.bfloat16), aux_layer_ids=[0, 1, 3])
-    draft = Eagle3DraftModel.from_target_config(_config(4), VD).to(device)  # fp32 master weights
+    target = TargetCapture(LlamaForCausalLM(_config(4)).to(device, torch.bfloat16), aux_layer_ids=[0, 1, 3])
+    draft = DraftModel.from_target_config(_config(4), VD).to(device)  # fp32 master weights
     ids, mask = _vocab(device)
     trainer = Eagle3TrainerModule(draft, selected_token_ids=ids, selected_token_mask=mask, ttt_steps=4)
     params = [p for p in trainer.parameters() if p.requires_grad]
@@ -117,14 +117,14 @@ def eagle3_case(device, steps, *, seq_lens_on_host=True):
 
 
 def peagle_case(device, steps, *, partitions, plan_from_host=True):
-    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.models import DraftModel
     from eagle_ext.models.attention import flex_bucket_length
     from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
     from eagle_ext.peagle.algorithm import host_plan_masks as _host_plan_masks
     from eagle_ext.train.trainer import to_device as _to_device
 
     torch.manual_seed(0)
-    draft = Eagle3DraftModel.from_target_config(_config(4), VD, num_hidden_layers=2, parallel_drafting=True,
+    draft = DraftModel.from_target_config(_config(4), VD, num_hidden_layers=2, parallel_drafting=True,
                                                 mask_token_id=V - 1).to(device)
     ids, mask = _vocab(device)
     trainer = PEagleTrainerModule(draft, selected_token_ids=ids, selected_token_mask=mask, num_depths=4,

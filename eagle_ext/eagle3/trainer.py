@@ -29,7 +29,7 @@ class Eagle3TrainerModule(nn.Module):
     ``k < doc_remaining[t]``; attention stays inside documents through ``seq_lens``.
 
     Args:
-        draft_model: an :class:`eagle_ext.models.Eagle3DraftModel` (or anything with its trainer API).
+        draft_model: an :class:`eagle_ext.models.DraftModel` (or anything with its trainer API).
         selected_token_ids: int ``[Vd]`` draft row -> target id (stored as a buffer).
         selected_token_mask: bool ``[V]`` draft-vocab membership (stored as a buffer).
         ttt_steps: int >= 1, number of unrolled steps.

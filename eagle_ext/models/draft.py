@@ -483,7 +483,7 @@ class DraftModel(nn.Module):
         """Copy the target's input embeddings into ``model.embed_tokens`` (keeps its ``requires_grad``).
 
         Args:
-            source: a module with ``get_input_embeddings()`` (HF model, ``Eagle3TargetModel``), an
+            source: a module with ``get_input_embeddings()`` (HF model, ``TargetCapture``), an
                 ``nn.Embedding`` or a ``[V, H]`` tensor; a DTensor is gathered with ``full_tensor()``.
 
         Raises:

@@ -229,7 +229,7 @@ class TargetCapture:
         return name in self._accepted or self._accepts_any
 
     def get_input_embeddings(self) -> nn.Module:
-        """The target's input embedding module (for :meth:`Eagle3DraftModel.copy_embeddings_from`)."""
+        """The target's input embedding module (for :meth:`DraftModel.copy_embeddings_from`)."""
         return self.model.get_input_embeddings()
 
     def _uses_flash_attention(self) -> bool:

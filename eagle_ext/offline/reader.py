@@ -239,7 +239,7 @@ def load_cached_embeddings(cache_dir: str | os.PathLike) -> torch.Tensor:
     """The target's input embeddings stored in the cache (checksum verified).
 
     Returns:
-        fp32 ``[V, H]`` (for :meth:`eagle_ext.models.Eagle3DraftModel.copy_embeddings_from`).
+        fp32 ``[V, H]`` (for :meth:`eagle_ext.models.DraftModel.copy_embeddings_from`).
 
     Raises:
         CacheIntegrityError: file missing, truncated, corrupted or of the wrong shape.
@@ -272,7 +272,7 @@ def load_cached_token_mapping(cache_dir: str | os.PathLike) -> tuple[torch.Tenso
 
 def load_cached_target_config(cache_dir: str | os.PathLike):
     """The target's HF config saved with the cache (``transformers.PretrainedConfig``), to size the draft
-    (:meth:`eagle_ext.models.Eagle3DraftModel.from_target_config`) without the target's files.
+    (:meth:`eagle_ext.models.DraftModel.from_target_config`) without the target's files.
 
     Raises:
         FileNotFoundError: no ``target_config.json``.

@@ -246,7 +246,7 @@ def precompute_cache(**options: Any) -> dict[str, Any]:
     from eagle_ext.data.loader import build_eagle3_dataloader
     from eagle_ext.data.vocab import load_or_build_eagle3_token_mapping, tokenizer_special_ids
     from eagle_ext.models.target import (
-        Eagle3TargetModel,
+        TargetCapture,
         _validate_aux_layer_ids,
         default_eagle3_aux_layer_ids,
     )
@@ -326,7 +326,7 @@ def precompute_cache(**options: Any) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(
         target_source, trust_remote_code=opts.trust_remote_code, **dtype_kwargs(target_dtype)
     ).to(device)
-    target = Eagle3TargetModel(model, aux_layer_ids=aux_ids)
+    target = TargetCapture(model, aux_layer_ids=aux_ids)
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         write_json(os.path.join(out, TARGET_CONFIG_FILE), config.to_dict(), indent=1, sort_keys=True)

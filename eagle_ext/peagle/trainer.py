@@ -145,7 +145,7 @@ class PEagleTrainerModule(nn.Module):
     """Draft-side P-EAGLE trainer.
 
     Args:
-        draft_model: an :class:`~eagle_ext.models.Eagle3DraftModel` built with ``parallel_drafting=True``
+        draft_model: an :class:`~eagle_ext.models.DraftModel` built with ``parallel_drafting=True``
             (it has ``mask_hidden``).
         selected_token_ids: int64 ``[Vd]`` draft id -> target id (row i of ``lm_head``).
         selected_token_mask: bool ``[V]`` membership of the target ids in the draft vocab.
@@ -187,7 +187,7 @@ class PEagleTrainerModule(nn.Module):
         if not isinstance(getattr(draft_model, "mask_hidden", None), torch.Tensor):
             raise ValueError(
                 "draft_model has no mask_hidden: build it with parallel_drafting=True "
-                "(Eagle3DraftModel.from_target_config(..., parallel_drafting=True, mask_token_id=...))"
+                "(DraftModel.from_target_config(..., parallel_drafting=True, mask_token_id=...))"
             )
         self.num_depths = _check_int("num_depths", num_depths, 1)
         self.sequence_partitions = _check_int("sequence_partitions", sequence_partitions, 1)

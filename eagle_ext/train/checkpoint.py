@@ -5,7 +5,7 @@ Layout of a run directory ``RUN`` (the recipe's ``output_dir``)::
 
     RUN/checkpoints/latest                 name of the newest complete checkpoint ("step_00000100")
     RUN/checkpoints/step_00000100/
-        draft/config.json                  Eagle3DraftModel config
+        draft/config.json                  DraftModel config
         draft/model.safetensors            draft state dict (model.* keys, lm_head, d2t/t2d, mask_hidden)
         vocab.safetensors                  selected_token_ids int64 [Vd], selected_token_mask bool [V]
         meta.json                          step, epoch, batches consumed in the epoch, world size, algorithm,

@@ -50,7 +50,7 @@ def draft_num_layers(cfg: RecipeConfig) -> int:
 
 
 def draft_shape_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
-    """The ``draft.*`` section as keyword arguments of :meth:`eagle_ext.models.Eagle3DraftModel.from_target_config`
+    """The ``draft.*`` section as keyword arguments of :meth:`eagle_ext.models.DraftModel.from_target_config`
     (``num_hidden_layers`` excluded: see :func:`draft_num_layers`)."""
     d = cfg.draft
     return {"bias": d.bias, "intermediate_size": d.intermediate_size, "num_attention_heads": d.num_attention_heads,
