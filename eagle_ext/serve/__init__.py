@@ -1,17 +1,20 @@
-"""Serving: export a draft in the formats vLLM (speculators) and SGLang (specforge) load, read an export back,
-check an export directory, and measure real acceptance with speculative decoding."""
+"""Serving: export a draft in the formats vLLM (speculators) and SGLang (specforge) load (one record each in
+:mod:`eagle_ext.serve.formats`), read an export back, check an export directory, and measure real acceptance with
+speculative decoding."""
 
 from eagle_ext._lazy import lazy_exports
 
 _EXPORTS = {
-    "EXPORT_FORMATS": "eagle_ext.serve.export",
-    "ExportedDraft": "eagle_ext.serve.export",
-    "check_export": "eagle_ext.serve.export",
-    "detect_export_format": "eagle_ext.serve.export",
+    "ExportFormat": "eagle_ext.serve.formats",  # the format table (light: no torch)
+    "export_format": "eagle_ext.serve.formats",
+    "EXPORT_FORMATS": "eagle_ext.serve.export",  # the writer; it re-exports the reader and the checker
+    "ExportedDraft": "eagle_ext.serve.export_read",
+    "detect_export_format": "eagle_ext.serve.export_read",
+    "load_exported_draft": "eagle_ext.serve.export_read",
+    "check_export": "eagle_ext.serve.export_check",
+    "export_engine_notes": "eagle_ext.serve.export_check",
     "export_draft": "eagle_ext.serve.export",
     "export_trained_draft": "eagle_ext.serve.export",
-    "load_exported_draft": "eagle_ext.serve.export",
-    "export_engine_notes": "eagle_ext.serve.export",
     "KNOWN_ENGINE_LIMITS": "eagle_ext.serve.engine_limits",
     "EngineLimit": "eagle_ext.serve.engine_limits",
     "known_engine_limits": "eagle_ext.serve.engine_limits",

@@ -19,16 +19,22 @@ import argparse
 import os
 import sys
 
-FORMATS = ("speculators", "sglang", "specforge_peagle")  # == export.EXPORT_FORMATS (kept light for --help)
-DTYPES = ("bf16", "fp16", "fp32")
+from eagle_ext.algorithms import algorithm_spec
+from eagle_ext.serve.formats import DTYPE_NAMES, FORMAT_NAMES, FORMATS, export_format
+
+DTYPES = tuple(DTYPE_NAMES)
+
+
+def _format_help() -> str:
+    """One entry per format of the table: who serves it and which drafts it holds."""
+    return ", ".join(f"{fmt.name} ({fmt.serves}; {' and '.join(algorithm_spec(a).label for a in fmt.algorithms)})"
+                     for fmt in FORMATS.values())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", nargs="?", help="recipe checkpoint directory, run directory (its latest checkpoint), "
                                                "or an export directory to convert to --format")
-    parser.add_argument("--format", choices=FORMATS,
-                        help="speculators (vLLM; EAGLE-3 and P-EAGLE), sglang (SGLang / specforge; EAGLE-3), "
-                             "specforge_peagle (specforge's flat P-EAGLE layout)")
+    parser.add_argument("--format", choices=FORMAT_NAMES, help=_format_help())
     parser.add_argument("--out", help="export directory (default: RUN/export/<format>/)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="float tensor dtype (default bf16; a conversion keeps the source's)")
@@ -54,11 +60,11 @@ def is_export_dir(path: str) -> bool:
         return False
     import json
 
-    from eagle_ext.serve.export import detect_export_format
+    from eagle_ext.serve.formats import detect_format
 
     try:
         with open(config_path) as f:
-            detect_export_format(json.load(f))
+            detect_format(json.load(f))
     except (ValueError, OSError, AttributeError, TypeError):
         return False
     return True
@@ -76,7 +82,8 @@ def export_checkpoint(
 
     Args:
         src: a checkpoint directory or a run directory (its ``checkpoints/latest``).
-        format: ``"speculators"``, ``"sglang"`` or ``"specforge_peagle"``.
+        format: a format of :data:`eagle_ext.serve.formats.FORMATS` (``"speculators"``, ``"sglang"`` or
+            ``"specforge_peagle"``).
         out: the export directory (default :func:`default_export_dir`).
         dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         include_embeddings: ship ``embed_tokens.weight``.
@@ -89,17 +96,11 @@ def export_checkpoint(
             draft the format cannot hold; FileNotFoundError: ``src`` names no checkpoint.
     """
     from eagle_ext.serve.checkpoints import load_checkpoint_draft, read_checkpoint_meta, resolve_checkpoint
-    from eagle_ext.serve.export import (
-        EXPORT_DTYPES,
-        EXPORT_FORMATS,
-        check_algorithm_format,
-        export_trained_draft,
-    )
+    export_format(format)  # an unknown format or dtype is refused before torch loads
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    from eagle_ext.serve.export import check_algorithm_format, export_trained_draft
 
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(EXPORT_DTYPES)}, got {dtype!r}")
     checkpoint = resolve_checkpoint(src)
     check_algorithm_format(read_checkpoint_meta(checkpoint).get("algorithm"), format, checkpoint)  # before loading
     draft, meta = load_checkpoint_draft(checkpoint)
@@ -108,28 +109,56 @@ def export_checkpoint(
                                 checkpoint=checkpoint)
 
 
+def _check(directory: str) -> int:
+    """``--check DIR``: every problem, then the engines known not to serve the target family."""
+    from eagle_ext.serve.export import check_export, export_engine_notes
+
+    problems = check_export(directory)
+    for problem in problems:
+        print(f"{directory}: {problem}")
+    notes = export_engine_notes(directory)
+    for note in notes:  # the export is valid; an engine is known not to serve its target family
+        print(f"{directory}: warning: {note}")
+    if problems:
+        print(f"{len(problems)} problem(s)")
+        return 1
+    print("OK" if not notes else f"OK (the export is valid; {len(notes)} known engine limit(s) above)")
+    return 0
+
+
+def _summarize(src: str, format: str, out: str) -> int:  # noqa: A002
+    """What was written (aux ids in both conventions, vocabulary, embedding) and its check."""
+    import json
+
+    from eagle_ext.serve.export import check_export, export_engine_notes
+
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    block = config["eagle_ext"]
+    fmt = export_format(format)
+    written = f"{'.'.join(fmt.aux_ids_key)} {fmt.aux_ids(config)} ({fmt.aux_convention})"
+    problems = check_export(out)
+    print(f"exported {src} ({block['algorithm']}) as {format} ({config['dtype']}) to {out}")
+    print(f"  aux layers: eagle_ext {block['aux_layer_ids']} -> {written}")
+    print(f"  draft vocab {config['draft_vocab_size']}, embed_tokens {block['embed_tokens']}; check: "
+          + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    for problem in problems:
+        print(f"{out}: {problem}")
+    for note in export_engine_notes(out):
+        print(f"{out}: warning: {note}")
+    return 1 if problems else 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.check is not None:
         if args.src is not None or args.format is not None or args.out is not None or args.no_embeddings:
             print("eagle-ext export: error: --check DIR takes no SRC, --format, --out or --no-embeddings",
                   file=sys.stderr)
             return 2
-        from eagle_ext.serve.export import check_export, export_engine_notes
-
-        problems = check_export(args.check)
-        for problem in problems:
-            print(f"{args.check}: {problem}")
-        notes = export_engine_notes(args.check)
-        for note in notes:  # the export is valid; an engine is known not to serve its target family
-            print(f"{args.check}: warning: {note}")
-        if problems:
-            print(f"{len(problems)} problem(s)")
-            return 1
-        print("OK" if not notes else f"OK (the export is valid; {len(notes)} known engine limit(s) above)")
-        return 0
+        return _check(args.check)
     if args.src is None or args.format is None:
         print("eagle-ext export: error: exporting needs SRC (a checkpoint or run directory) and --format "
-              f"{{{','.join(FORMATS)}}}; or use --check DIR", file=sys.stderr)
+              f"{{{','.join(FORMAT_NAMES)}}}; or use --check DIR", file=sys.stderr)
         return 2
     try:
         if is_export_dir(args.src):
@@ -145,27 +174,4 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"eagle-ext export: error: {err}", file=sys.stderr)
         return 2
-    import json
-
-    from eagle_ext.serve.export import check_export
-
-    with open(os.path.join(out, "config.json")) as f:
-        config = json.load(f)
-    block = config["eagle_ext"]
-    if args.format == "speculators":
-        written = f"eagle_aux_hidden_state_layer_ids {config['eagle_aux_hidden_state_layer_ids']} (layer inputs)"
-    else:
-        written = (f"eagle_config.eagle_aux_hidden_state_layer_ids "
-                   f"{config['eagle_config']['eagle_aux_hidden_state_layer_ids']} (layer outputs)")
-    from eagle_ext.serve.export import export_engine_notes
-
-    problems = check_export(out)
-    print(f"exported {args.src} ({block['algorithm']}) as {args.format} ({config['dtype']}) to {out}")
-    print(f"  aux layers: eagle_ext {block['aux_layer_ids']} -> {written}")
-    print(f"  draft vocab {config['draft_vocab_size']}, embed_tokens {block['embed_tokens']}; check: "
-          + ("OK" if not problems else f"{len(problems)} problem(s)"))
-    for problem in problems:
-        print(f"{out}: {problem}")
-    for note in export_engine_notes(out):
-        print(f"{out}: warning: {note}")
-    return 1 if problems else 0
+    return _summarize(args.src, args.format, out)

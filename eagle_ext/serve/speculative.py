@@ -823,6 +823,18 @@ def evaluate_drafters(
             speculative_decode(target, drafter, prompts[0], num_draft_tokens=ks[0], max_new_tokens=short,
                                generator=generator(0), **common)
 
+    baseline, spec, per_prompt = _decode_prompts(target, drafters, prompts, ks, max_new_tokens, generator, common,
+                                                 progress=progress, keep_tokens=keep_tokens)
+    settings = {"num_prompts": len(prompts), "num_draft_tokens": ks, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "seed": seed, "device": str(device)}
+    return _drafter_reports(drafters, baseline, spec, per_prompt, settings)
+
+
+def _decode_prompts(target, drafters, prompts, ks, max_new_tokens, generator, common, *, progress, keep_tokens):
+    """Per prompt: the target-only decode once, then every drafter's speculative decode at every K (interleaved,
+    so load changes hit all modes alike). Returns the baseline decodes, ``{name: {K: decodes}}`` and the
+    per-prompt entries of each drafter's report."""
+    temperature = common["temperature"]
     baseline: list[DecodeResult] = []
     spec: dict[str, dict[int, list[DecodeResult]]] = {name: {kk: [] for kk in ks} for name in drafters}
     per_prompt: dict[str, list[dict[str, Any]]] = {name: [] for name in drafters}
@@ -844,12 +856,17 @@ def evaluate_drafters(
                     summary["tokens"] = list(res.tokens)
                 entry["speculative"].append(summary)
             per_prompt[name].append(entry)
+    return baseline, spec, per_prompt
 
+
+def _drafter_reports(drafters, baseline, spec, per_prompt, settings) -> dict[str, dict[str, Any]]:
+    """One :func:`evaluate_speculative` report per drafter against the shared target-only ``baseline``."""
+    temperature = settings["temperature"]
     target_summary = summarize_decodes(baseline)
     reports = {}
     for name, drafter in drafters.items():
         spec_summaries = []
-        for kk in ks:
+        for kk in settings["num_draft_tokens"]:
             summary = summarize_decodes(spec[name][kk])
             summary["speedup"] = summary["tokens_per_s"] / target_summary["tokens_per_s"]
             matching = sum(r.tokens == b.tokens for r, b in zip(spec[name][kk], baseline, strict=True))
@@ -858,8 +875,7 @@ def evaluate_drafters(
             summary["lossless"] = matching == len(baseline) if temperature == 0 else None
             spec_summaries.append(summary)
         reports[name] = {
-            "settings": {"num_prompts": len(prompts), "num_draft_tokens": ks, "max_new_tokens": max_new_tokens,
-                         "temperature": temperature, "seed": seed, "device": str(device),
+            "settings": {**settings,
                          "algorithm": "peagle" if isinstance(drafter, PEagleDrafter) else (
                              "eagle3" if isinstance(drafter, Eagle3Drafter) else type(drafter).__name__)},
             "target_only": target_summary,

@@ -45,6 +45,7 @@ def vllm_speculative_config(export_dir: str, num_speculative_tokens: int, *, as_
     Raises:
         ValueError: the directory is not a ``speculators`` export (convert it with :func:`prepare_for_vllm`).
     """
+    from eagle_ext.algorithms import algorithm_spec
     from eagle_ext.serve.export import detect_export_format
 
     config = _read_config(export_dir)
@@ -55,7 +56,7 @@ def vllm_speculative_config(export_dir: str, num_speculative_tokens: int, *, as_
                          f"convert this one: eagle-ext export {export_dir} --format speculators)")
     spec = {"model": os.path.abspath(export_dir), "method": "eagle3",
             "num_speculative_tokens": int(num_speculative_tokens)}
-    if algorithm == "peagle":
+    if algorithm_spec(algorithm).parallel_drafting:
         spec["parallel_drafting"] = True
     return spec
 

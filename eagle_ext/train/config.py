@@ -501,14 +501,11 @@ def _validate_checkpoint(cfg: RecipeConfig) -> None:
     if c.every_steps is not None:
         _positive_int(c.every_steps, "checkpoint.every_steps")
     _positive_int(c.keep, "checkpoint.keep")
-    formats = ("speculators", "sglang", "specforge_peagle")
+    from eagle_ext.serve.formats import format_problem  # the format table (light: no torch)
+
     for i, f in enumerate(c.export_formats):
-        _require(f in formats, f"checkpoint.export_formats[{i}]", f, f"one of {formats}")
-        if cfg.algorithm == "eagle3":
-            _require(f != "specforge_peagle", f"checkpoint.export_formats[{i}]", f, "'speculators' or 'sglang' for EAGLE-3")
-        else:
-            _require(f != "sglang", f"checkpoint.export_formats[{i}]", f,
-                     "'speculators' or 'specforge_peagle' for P-EAGLE (SGLang serves EAGLE-3 drafts)")
+        expected = format_problem(f, cfg.algorithm)
+        _require(expected is None, f"checkpoint.export_formats[{i}]", f, expected)
     if cfg.resume is not None and cfg.resume != "auto":
         _require(os.path.exists(cfg.resume), "resume", cfg.resume, "'auto', null or an existing checkpoint / run directory")
     if cfg.init_from is not None:
