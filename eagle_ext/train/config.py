@@ -19,6 +19,7 @@ from typing import Any, Union
 
 from eagle_ext._paths import looks_like_local_path
 from eagle_ext.algorithms import ALGORITHM_NAMES, REGISTRY, Algorithm, get_algorithm
+from eagle_ext.serve.formats import format_problem  # the export format table (light: no torch)
 
 __all__ = [
     "ConfigError",
@@ -501,8 +502,6 @@ def _validate_checkpoint(cfg: RecipeConfig) -> None:
     if c.every_steps is not None:
         _positive_int(c.every_steps, "checkpoint.every_steps")
     _positive_int(c.keep, "checkpoint.keep")
-    from eagle_ext.serve.formats import format_problem  # the format table (light: no torch)
-
     for i, f in enumerate(c.export_formats):
         expected = format_problem(f, cfg.algorithm)
         _require(expected is None, f"checkpoint.export_formats[{i}]", f, expected)
