@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from eagle_ext._checks import check_int
 from eagle_ext.data.fingerprint import digest
 from eagle_ext.data.packing import (
     PACKING_STRATEGIES,
@@ -194,11 +195,6 @@ def _tokenize(data_path, tokenizer, *, cache_dir, show_progress, **kwargs) -> To
     return result
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _resolve_pad_token_id(tokenizer, pad_token_id: int | None) -> int:
     if pad_token_id is not None:
         return int(pad_token_id)
@@ -272,10 +268,10 @@ def build_eagle3_dataloader(
             ``dp_mesh``, a tokenizer without chat template, a template that is not prefix-stable, no usable
             rows; FileNotFoundError for a missing ``data_path``; ValueError for an unknown file format.
     """
-    _check_int("seq_length", seq_length, 2)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
-    _check_int("packed_sequence_size", packed_sequence_size, 0)
+    check_int("seq_length", seq_length, 2)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
+    check_int("packed_sequence_size", packed_sequence_size, 0)
     if packed_sequence_size == 1:
         raise ValueError("packed_sequence_size must be 0 (no packing) or an int >= 2, got 1")
     if packing_strategy not in PACKING_STRATEGIES:

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eagle_ext._checks import is_int
 from eagle_ext._io import write_json
 from eagle_ext.data.chat import SkippedRow, normalize_messages
 from eagle_ext.data.fingerprint import digest, path_fingerprint
@@ -150,9 +151,9 @@ def check_regenerate_args(*, max_new_tokens: int, batch_size: int, temperature: 
     """
     for name, value, minimum in (("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
                                  ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if not is_int(value, minimum):
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {minimum}, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and not is_int(limit, 1):
         raise ValueError(f"--limit: expected an integer >= 1, got {limit!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature >= 0

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from eagle_ext._checks import is_int
 from eagle_ext._io import atomic_path, write_json
 from eagle_ext.data.chat import SkippedRow, normalize_messages
 from eagle_ext.data.fingerprint import path_fingerprint
@@ -354,10 +355,6 @@ def row_seed(seed: int, index: int, turn: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
 def check_synthesize_args(*, num_prompts: int, turns: int, answers: bool, temperature: float, top_p: float,
                           seed: int, max_tokens: int, max_new_tokens: int, batch_size: int, shard_size: int,
                           near_dup_threshold: float, exclude_threshold: float, max_candidates: int | None,
@@ -369,9 +366,9 @@ def check_synthesize_args(*, num_prompts: int, turns: int, answers: bool, temper
     """
     for name, value, minimum in (("num_prompts", num_prompts, 1), ("turns", turns, 1), ("max_tokens", max_tokens, 1),
                                  ("shard_size", shard_size, 1)):
-        if not _is_int(value, minimum):
+        if not is_int(value, minimum):
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {minimum}, got {value!r}")
-    if max_candidates is not None and not _is_int(max_candidates, 1):
+    if max_candidates is not None and not is_int(max_candidates, 1):
         raise ValueError(f"--max-candidates: expected an integer >= 1, got {max_candidates!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature > 0

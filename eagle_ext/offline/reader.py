@@ -210,10 +210,11 @@ def build_cached_dataloader(
         ValueError: ``batch_size`` < 1, ``num_workers`` < 0, ``distributed`` without a process group or mesh;
             the errors of :class:`CachedEagle3Dataset`.
     """
-    from eagle_ext.data.loader import Eagle3DataLoader, SeededShuffleSampler, _check_int
+    from eagle_ext._checks import check_int
+    from eagle_ext.data.loader import Eagle3DataLoader, SeededShuffleSampler
 
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
     initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and dp_mesh is None and not initialised:
         raise ValueError("distributed=True needs an initialised torch.distributed process group or a dp_mesh")
