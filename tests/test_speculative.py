@@ -551,7 +551,7 @@ def test_eval_cli_end_to_end(tmp_path, capsys, algorithm, fmt):
 
 def test_eval_cli_rejects_bad_arguments_before_loading(tmp_path, capsys):
     from eagle_ext.cli import main
-    from eagle_ext.serve.eval_cli import load_prompts
+    from eagle_ext.serve.prompts import load_prompts
 
     target_dir = tmp_path / "target"
     target_dir.mkdir()
