@@ -30,10 +30,10 @@ from benchmarks._common import print_table, time_fn, write_results
 def _workspace(root: str, *, vocab: int, hidden: int, layers: int, conversations: int) -> tuple[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.corpus import chat_conversations, corpus_words, write_jsonl
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                          num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128),

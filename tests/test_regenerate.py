@@ -14,7 +14,7 @@ import torch
 from eagle_ext.cli import main as cli_main
 from eagle_ext.data.regenerate import read_prompts, regenerate_chats, settings_path
 from eagle_ext.demo.prompts import ASSETS_DIR, HELDOUT_FILE, TRAIN_FILE, build_prompt_sets
-from eagle_ext.demo.tokenizer import build_demo_tokenizer
+from eagle_ext.testing.tokenizer import build_word_tokenizer
 
 WORDS = "what is the capital of france give me a word say it again answer in one sky colour blue".split()
 PROMPTS = [
@@ -28,7 +28,7 @@ PROMPTS = [
 def _save_target(directory, *, always_end: bool = False) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_demo_tokenizer(WORDS)
+    tok = build_word_tokenizer(WORDS)
     cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       intermediate_size=64, vocab_size=len(tok), max_position_embeddings=256,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)

@@ -504,9 +504,9 @@ def test_cuda_decoding(target, algorithm):
 
 
 def _write_target(directory) -> tuple[object, LlamaConfig]:
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
-    tokenizer = build_demo_tokenizer("hello world count from one two three four five six seven".split())
+    tokenizer = build_word_tokenizer("hello world count from one two three four five six seven".split())
     cfg = _config(vocab=len(tokenizer))
     torch.manual_seed(5)
     LlamaForCausalLM(cfg).save_pretrained(directory)
