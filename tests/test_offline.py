@@ -99,11 +99,11 @@ def _live(ws):
     """The online path on the same data: padded unshuffled loader and the target capture."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from eagle_ext.data.loader import build_eagle3_dataloader
+    from eagle_ext.data.loader import build_dataloader
     from eagle_ext.models import Eagle3TargetModel
 
     tok = AutoTokenizer.from_pretrained(ws["target"])
-    loader = build_eagle3_dataloader(ws["data"], tok, SEQ, BATCH, shuffle=False, show_progress=False)
+    loader = build_dataloader(ws["data"], tok, SEQ, BATCH, shuffle=False, show_progress=False)
     target = Eagle3TargetModel(LlamaForCausalLM.from_pretrained(ws["target"]), aux_layer_ids=list(AUX))
     return loader, target
 

@@ -46,7 +46,7 @@ def corpus(tmp_path_factory):
 def _pretrained_target(directory, family: str, corpus) -> None:
     from transformers import AutoModelForCausalLM
 
-    from eagle_ext.data import build_eagle3_dataloader
+    from eagle_ext.data import build_dataloader
     from eagle_ext.testing.target import forever, pretrain_target
 
     tokenizer = corpus["tokenizer"]
@@ -63,7 +63,7 @@ def _pretrained_target(directory, family: str, corpus) -> None:
     config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float()
-    loader = build_eagle3_dataloader(str(corpus["root"] / "train.jsonl"), tokenizer, 128, 8, shuffle=True,
+    loader = build_dataloader(str(corpus["root"] / "train.jsonl"), tokenizer, 128, 8, shuffle=True,
                                      cache_dir=str(directory) + "_cache", show_progress=False)
     pretrain_target(model, forever(loader), 80, 3e-3, show_progress=False)
     model.eval().save_pretrained(directory)

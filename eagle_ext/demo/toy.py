@@ -32,7 +32,7 @@ import torch
 
 from eagle_ext._io import write_json
 from eagle_ext.algorithms import ALGORITHM_NAMES, algorithm_spec
-from eagle_ext.data import build_eagle3_dataloader
+from eagle_ext.data import build_dataloader
 from eagle_ext.data.fingerprint import digest
 from eagle_ext.demo.target_cache import load_or_pretrain_target
 from eagle_ext.testing import (
@@ -122,7 +122,7 @@ def prepare_data(cfg: DemoConfig, out: str) -> DemoData:
     common = {"cache_dir": os.path.join(out, "cache"), "show_progress": False, "shuffle_seed": cfg.seed}
 
     def loader(path, batch_size, packed, shuffle=True):
-        return build_eagle3_dataloader(
+        return build_dataloader(
             path, tokenizer, cfg.seq_length, batch_size, shuffle=shuffle,
             packed_sequence_size=cfg.packed_width if packed else 0, packing_strategy="best_fit", **common,
         )

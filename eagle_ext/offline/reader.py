@@ -188,7 +188,7 @@ def build_cached_dataloader(
 ):
     """The training dataloader of an offline cache.
 
-    Sampling follows :func:`eagle_ext.data.build_eagle3_dataloader`: a
+    Sampling follows :func:`eagle_ext.data.build_dataloader`: a
     :class:`~eagle_ext.data.loader.SeededShuffleSampler` (seeded with ``shuffle_seed + epoch``), or with
     ``distributed`` a ``DistributedSampler`` over ``dp_mesh`` (when given) or the whole world; call
     ``loader.set_epoch(epoch)`` once per epoch.
@@ -196,7 +196,7 @@ def build_cached_dataloader(
     Args:
         cache_dir: written by ``eagle-ext precompute``.
         batch_size: samples per batch (>= 1).
-        shuffle, shuffle_seed, distributed, num_workers, dp_mesh: as in ``build_eagle3_dataloader``.
+        shuffle, shuffle_seed, distributed, num_workers, dp_mesh: as in ``build_dataloader``.
         verify: see :class:`CachedEagle3Dataset` (``"full"`` hashes the whole cache once before training).
 
     Returns:
