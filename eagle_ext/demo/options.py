@@ -4,11 +4,12 @@ pipeline (a leaf: it imports nothing heavy)."""
 from __future__ import annotations
 
 from eagle_ext._checks import check_int
+from eagle_ext.algorithms import ALGORITHM_NAMES
 
 __all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args", "demo_threads"]
 
 TARGETS = ("smollm2", "tiny")
-ALGORITHMS = ("eagle3", "peagle")
+ALGORITHMS = ALGORITHM_NAMES  # the registry's (eagle_ext.algorithms imports nothing)
 #: --dtype (SmolLM2 evaluation) -> torch dtype name
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 #: torch intra-op threads by target when neither --threads nor OMP_NUM_THREADS says (None: torch's default, one per
