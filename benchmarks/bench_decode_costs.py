@@ -38,8 +38,8 @@ def measure(dtype: torch.dtype, ks: list[int], repeat: int) -> dict[str, float]:
 
     from eagle_ext.demo.smollm2 import smollm2_path
     from eagle_ext.demo.smollm2_demo import REFERENCE_DIR, write_eval_prompts
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts
     from eagle_ext.serve.export import load_exported_draft
+    from eagle_ext.serve.prompts import load_prompts, render_prompts
     from eagle_ext.serve.speculative import Eagle3Drafter, TargetRunner
 
     path = smollm2_path()

@@ -27,7 +27,7 @@ def _prompts(n: int, tmp: str):
 
     from eagle_ext.demo.smollm2 import smollm2_path
     from eagle_ext.demo.smollm2_demo import write_eval_prompts
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts
+    from eagle_ext.serve.prompts import load_prompts, render_prompts
 
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -51,7 +51,7 @@ def _rows(engine: str, concurrency: int, report: dict) -> list[dict]:
 def _regenerate(engine: str, path: str, prompts_file: str, tmp: str, n: int, max_new_tokens: int,
                 dtype: str) -> dict:
     from eagle_ext.data.regenerate import regenerate_chats
-    from eagle_ext.serve.eval_cli import load_prompts
+    from eagle_ext.serve.prompts import load_prompts
 
     chats = os.path.join(tmp, "regen_prompts.jsonl")  # the held-out chats up to their last user turn
     with open(chats, "w") as f:
@@ -74,13 +74,10 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 5])
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM
-
-    from eagle_ext._hf import dtype_kwargs
     from eagle_ext.demo.smollm2_demo import REFERENCE_DIR
-    from eagle_ext.serve.eval_cli import target_stop_token_ids
-    from eagle_ext.serve.export import load_exported_draft
-    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative
+    from eagle_ext.serve.prompts import target_stop_token_ids
+    from eagle_ext.serve.session import load_speculative_session
+    from eagle_ext.serve.speculative import evaluate_speculative
     from eagle_ext.serve.vllm_eval import evaluate_vllm
 
     dtype_name = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
@@ -90,11 +87,9 @@ def main() -> None:
         stops = target_stop_token_ids(tokenizer, path)
         common = {"num_draft_tokens": args.ks, "max_new_tokens": args.max_new_tokens, "temperature": 0.0,
                   "seed": 0, "stop_token_ids": stops, "progress": False}
-        model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(getattr(torch, dtype_name)))
-        exported = load_exported_draft(draft_dir, embed_tokens=model.get_input_embeddings().weight)
-        hf = evaluate_speculative(TargetRunner(model, exported.aux_layer_ids),
-                                  build_drafter(exported.draft.to(model.dtype)), prompts, **common)
-        del model
+        session = load_speculative_session(path, {"reference": draft_dir}, dtype=dtype_name)
+        hf = evaluate_speculative(session.runner, session.drafters["reference"], prompts, **common)
+        del session
         reports = {"hf": hf}
         for concurrency in (1, args.concurrency):
             reports[f"vllm_c{concurrency}"] = evaluate_vllm(path, {"reference": draft_dir}, prompts, dtype=dtype_name,

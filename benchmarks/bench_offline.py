@@ -8,7 +8,7 @@ samples/s and MB/s written (the target pass, the distribution, the top-k and the
 loading excluded) and the bytes a sample costs on disk.
 
 Table 2 runs the same EAGLE-3 draft (same initial weights, ttt=3, AdamW) over the same batches, in the same
-process, once live (``build_eagle3_dataloader`` -> ``target.generate_batch`` -> trainer) and once cached
+process, once live (``build_dataloader`` -> ``target.generate_batch`` -> trainer) and once cached
 (``build_cached_dataloader`` -> trainer; the batches are read from the memory-mapped shards, padded and
 cast), forward + backward + optimizer step. Tokens/s counts real (unpadded) tokens and padded row slots.
 
@@ -30,10 +30,10 @@ from benchmarks._common import print_table, time_fn, write_results
 def _workspace(root: str, *, vocab: int, hidden: int, layers: int, conversations: int) -> tuple[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.corpus import chat_conversations, corpus_words, write_jsonl
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                          num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128),
@@ -75,7 +75,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from eagle_ext.data.loader import build_eagle3_dataloader
+    from eagle_ext.data.loader import build_dataloader
     from eagle_ext.eagle3 import Eagle3TrainerModule
     from eagle_ext.models import DraftModel, TargetCapture
     from eagle_ext.offline import (
@@ -112,7 +112,7 @@ def main() -> None:
         base = Eagle3TrainerModule(draft, selected_token_ids=ids, selected_token_mask=mask, ttt_steps=ttt).to(device)
 
         tok = AutoTokenizer.from_pretrained(target_dir)
-        live_loader = build_eagle3_dataloader(data, tok, seq, batch, shuffle=False, show_progress=False)
+        live_loader = build_dataloader(data, tok, seq, batch, shuffle=False, show_progress=False)
         live_batches = list(live_loader)
         target = TargetCapture(LlamaForCausalLM.from_pretrained(target_dir).to(device), aux_layer_ids=list(aux))
         cached_loader = build_cached_dataloader(cache, batch, shuffle=False, show_progress=False)

@@ -17,8 +17,8 @@ import torch
 
 from benchmarks._common import print_table, time_fn, write_results
 from eagle_ext.data.packing import build_packed_eagle3_dataset
-from eagle_ext.demo.corpus import lognormal_lengths
 from eagle_ext.ops.packing import fill_packed_rows, pack_documents
+from eagle_ext.testing.corpus import lognormal_lengths
 from tests.reference.packing import best_fit_rows, fill_rows, greedy_rows, seed_packed_dataset
 
 PACKED_KEYS = ("input_ids", "loss_mask", "attention_mask", "position_ids", "doc_remaining")

@@ -22,18 +22,9 @@ from benchmarks._common import print_table, write_results
 
 
 def _inputs(root: str, hidden: int, layers: int, conversations: int) -> list[str]:
-    from transformers import LlamaForCausalLM
+    from eagle_ext.testing import chat_conversations, save_tiny_target, write_jsonl
 
-    from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-    from eagle_ext.demo.target import demo_target_config
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
-
-    tokenizer = build_demo_tokenizer(corpus_words())
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(demo_target_config(len(tokenizer), hidden_size=hidden, num_hidden_layers=layers))
-    target = os.path.join(root, "target")
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    target = save_tiny_target(os.path.join(root, "target"), hidden_size=hidden, num_layers=layers, seed=0)
     data = os.path.join(root, "train.jsonl")
     write_jsonl(data, chat_conversations(conversations, seed=0))
     return [f"target.name_or_path={target}", f"data.train_path={data}", "data.eval_path=null",

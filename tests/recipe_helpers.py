@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-from eagle_ext.demo.target import demo_target_config
-from eagle_ext.demo.tokenizer import build_demo_tokenizer
-
-
-def make_tiny_target(directory: str, *, hidden_size: int = 32, num_layers: int = 4, seed: int = 0) -> str:
-    """A random tiny Llama target + tokenizer saved with save_pretrained into ``directory``."""
-    from transformers import LlamaForCausalLM
-
-    tokenizer = build_demo_tokenizer(corpus_words())
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(demo_target_config(len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+from eagle_ext.testing import chat_conversations, save_tiny_target, write_jsonl
 
 
 def make_chats(path: str, n: int, *, seed: int = 0) -> str:
@@ -32,7 +16,7 @@ def tiny_overrides(tmp: str, *, algorithm: str = "eagle3", n_train: int = 16, n_
     """Dotted overrides for eagle_ext/configs/tiny_cpu_<algorithm>.yaml pointing at fresh tiny inputs in ``tmp``."""
     target = os.path.join(tmp, "target")
     if not os.path.isdir(target):
-        make_tiny_target(target)
+        save_tiny_target(target)
     train = make_chats(os.path.join(tmp, "train.jsonl"), n_train)
     evaluation = make_chats(os.path.join(tmp, "eval.jsonl"), n_eval, seed=1)
     return [f"target.name_or_path={target}", f"data.train_path={train}", f"data.eval_path={evaluation}",

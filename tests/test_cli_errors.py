@@ -141,10 +141,10 @@ def model_pair(tmp_path_factory):
 
     from eagle_ext.models import Eagle3DraftModel
     from eagle_ext.serve.export import export_draft
-    from tests.recipe_helpers import make_tiny_target
+    from eagle_ext.testing import save_tiny_target
 
     root = tmp_path_factory.mktemp("pair")
-    target = make_tiny_target(str(root / "target"))
+    target = save_tiny_target(str(root / "target"))
     config = LlamaForCausalLM.config_class.from_pretrained(target)
     torch.manual_seed(0)
     draft = Eagle3DraftModel.from_target_config(config, 16)

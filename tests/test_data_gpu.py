@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from eagle_ext.data.loader import build_eagle3_dataloader
+from eagle_ext.data.loader import build_dataloader
 from eagle_ext.data.vocab import load_or_build_eagle3_token_mapping
 from tests.test_data_helpers import build_tokenizer
 
@@ -52,9 +52,9 @@ def test_forkserver_workers_with_pinned_memory(packed):
     pytest.importorskip("datasets")  # the loader tokenises through datasets.map
     tok = build_tokenizer("llama3")
     kwargs = {"shuffle": False, "packed_sequence_size": packed, "show_progress": False}
-    workers = build_eagle3_dataloader(ROWS, tok, 48, 4, num_workers=2, **kwargs)
+    workers = build_dataloader(ROWS, tok, 48, 4, num_workers=2, **kwargs)
     assert workers.pin_memory and workers.multiprocessing_context.get_start_method() == "forkserver"
-    main = build_eagle3_dataloader(ROWS, tok, 48, 4, num_workers=0, **kwargs)
+    main = build_dataloader(ROWS, tok, 48, 4, num_workers=0, **kwargs)
     for epoch in range(2):  # persistent workers survive the epoch boundary
         workers.set_epoch(epoch)
         got = list(workers)

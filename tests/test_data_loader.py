@@ -1,4 +1,4 @@
-"""build_eagle3_dataloader end to end: padded and packed batches, sharding, workers, epochs, the tokenisation
+"""build_dataloader (public-API name build_eagle3_dataloader) end to end: padded and packed batches, sharding, workers, epochs, the tokenisation
 cache, and the errors that name what to change."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from eagle_ext.data import chat as chat_module
 from eagle_ext.data.chat import normalize_chat_row, tokenize_conversation
-from eagle_ext.data.loader import build_eagle3_dataloader
+from eagle_ext.data.loader import build_dataloader
 from eagle_ext.data.vocab import load_or_build_eagle3_token_mapping
 from tests.test_data_helpers import build_tokenizer
 
@@ -55,8 +55,14 @@ def _expected(tok, row, length):
     return tokenize_conversation(messages, tok, seq_length=length)
 
 
+def test_build_eagle3_dataloader_is_the_public_name_of_build_dataloader():
+    import eagle_ext.data as data
+
+    assert data.build_eagle3_dataloader is data.build_dataloader is build_dataloader
+
+
 def test_padded_batches_match_per_row_tokenisation(tok):
-    dl = build_eagle3_dataloader(ROWS + BAD, tok, 48, 5, shuffle=False, show_progress=False)
+    dl = build_dataloader(ROWS + BAD, tok, 48, 5, shuffle=False, show_progress=False)
     assert dl.stats["skipped"] == {"no_assistant": 1, "no_messages": 1} and dl.stats["num_samples"] == len(
         ROWS
     )
@@ -77,7 +83,7 @@ def test_padded_batches_match_per_row_tokenisation(tok):
 @pytest.mark.parametrize("strategy", ["greedy", "best_fit"])
 def test_packed_rows_hold_every_sample_once(tok, strategy):
     width = 96
-    dl = build_eagle3_dataloader(
+    dl = build_dataloader(
         BAD + ROWS,
         tok,
         48,
@@ -110,8 +116,8 @@ def test_packed_rows_hold_every_sample_once(tok, strategy):
 
 def test_best_fit_leaves_less_padding(tok):
     kwargs = {"shuffle": False, "packed_sequence_size": 160, "show_progress": False}
-    greedy = build_eagle3_dataloader(ROWS, tok, 48, 4, packing_strategy="greedy", **kwargs)
-    best = build_eagle3_dataloader(ROWS, tok, 48, 4, packing_strategy="best_fit", **kwargs)
+    greedy = build_dataloader(ROWS, tok, 48, 4, packing_strategy="greedy", **kwargs)
+    best = build_dataloader(ROWS, tok, 48, 4, packing_strategy="best_fit", **kwargs)
     assert best.stats["padding_fraction"] <= greedy.stats["padding_fraction"]
     assert best.stats["num_rows"] <= greedy.stats["num_rows"]
 
@@ -128,22 +134,22 @@ class _Mesh:
 
 
 def test_distributed_sampler_keys_on_the_dp_mesh(tok):
-    dl = build_eagle3_dataloader(ROWS, tok, 48, 2, distributed=True, dp_mesh=_Mesh(2, 1), show_progress=False)
+    dl = build_dataloader(ROWS, tok, 48, 2, distributed=True, dp_mesh=_Mesh(2, 1), show_progress=False)
     assert isinstance(dl.sampler, DistributedSampler)
     assert (dl.sampler.num_replicas, dl.sampler.rank, dl.sampler.seed) == (2, 1, 42)
     assert len(dl.sampler) == len(ROWS) // 2
-    single = build_eagle3_dataloader(
+    single = build_dataloader(
         ROWS, tok, 48, 2, distributed=True, dp_mesh=_Mesh(1, 0), show_progress=False
     )
     assert (single.sampler.num_replicas, single.sampler.rank) == (1, 0) and len(single.sampler) == len(ROWS)
     with pytest.raises(
         ValueError, match="distributed=True needs an initialised torch.distributed process group"
     ):
-        build_eagle3_dataloader(ROWS, tok, 48, 2, distributed=True, show_progress=False)
+        build_dataloader(ROWS, tok, 48, 2, distributed=True, show_progress=False)
 
 
 def test_epochs_reshuffle_reproducibly(tok):
-    dl = build_eagle3_dataloader(ROWS, tok, 48, 4, shuffle=True, shuffle_seed=7, show_progress=False)
+    dl = build_dataloader(ROWS, tok, 48, 4, shuffle=True, shuffle_seed=7, show_progress=False)
     order = lambda: list(iter(dl.sampler))  # noqa: E731
     first = order()
     assert first == order() and sorted(first) == list(range(len(ROWS))) and first != list(range(len(ROWS)))
@@ -154,48 +160,48 @@ def test_epochs_reshuffle_reproducibly(tok):
 
 
 def test_worker_settings(tok, monkeypatch):
-    dl = build_eagle3_dataloader(ROWS, tok, 48, 4, num_workers=2, show_progress=False)
+    dl = build_dataloader(ROWS, tok, 48, 4, num_workers=2, show_progress=False)
     assert dl.persistent_workers and dl.multiprocessing_context is None and not dl.pin_memory
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    dl = build_eagle3_dataloader(ROWS, tok, 48, 4, num_workers=2, show_progress=False)
+    dl = build_dataloader(ROWS, tok, 48, 4, num_workers=2, show_progress=False)
     assert dl.pin_memory and dl.persistent_workers
     assert dl.multiprocessing_context.get_start_method() == "forkserver"
 
 
 def test_batches_through_worker_processes(tok):
-    dl = build_eagle3_dataloader(
+    dl = build_dataloader(
         ROWS, tok, 48, 6, shuffle=False, num_workers=1, packed_sequence_size=64, show_progress=False
     )
     in_workers = list(dl)
-    dl_main = build_eagle3_dataloader(
+    dl_main = build_dataloader(
         ROWS, tok, 48, 6, shuffle=False, packed_sequence_size=64, show_progress=False
     )
     assert all(torch.equal(a[k], b[k]) for a, b in zip(in_workers, dl_main, strict=True) for k in a)
 
 
 def test_tokenisation_cache_is_reused_and_keyed(tok, tmp_path, monkeypatch):
-    first = build_eagle3_dataloader(ROWS, tok, 48, 4, cache_dir=tmp_path, show_progress=False)
+    first = build_dataloader(ROWS, tok, 48, 4, cache_dir=tmp_path, show_progress=False)
     assert len(list(tmp_path.iterdir())) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenised although the cache is valid")
 
     monkeypatch.setattr(chat_module.ChatTokenizer, "encode", fail)
-    again = build_eagle3_dataloader(ROWS, tok, 48, 4, cache_dir=tmp_path, show_progress=False)
+    again = build_dataloader(ROWS, tok, 48, 4, cache_dir=tmp_path, show_progress=False)
     assert again.data_fingerprint == first.data_fingerprint and again.stats == first.stats
-    packed = build_eagle3_dataloader(
+    packed = build_dataloader(
         ROWS, tok, 48, 4, cache_dir=tmp_path, packed_sequence_size=64, show_progress=False
     )  # same tokenised data, other truncation length
     assert packed.data_fingerprint != first.data_fingerprint
     with pytest.raises(AssertionError, match="re-tokenised"):  # another mask option is another cache entry
-        build_eagle3_dataloader(
+        build_dataloader(
             ROWS, tok, 48, 4, cache_dir=tmp_path, mask_generation_prompt=True, show_progress=False
         )
 
 
 def test_parallel_tokenisation_matches_serial(tok):
-    serial = build_eagle3_dataloader(ROWS, tok, 48, 24, shuffle=False, num_proc=1, show_progress=False)
-    parallel = build_eagle3_dataloader(ROWS, tok, 48, 24, shuffle=False, num_proc=2, show_progress=False)
+    serial = build_dataloader(ROWS, tok, 48, 24, shuffle=False, num_proc=1, show_progress=False)
+    parallel = build_dataloader(ROWS, tok, 48, 24, shuffle=False, num_proc=2, show_progress=False)
     a, b = next(iter(serial)), next(iter(parallel))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -203,7 +209,7 @@ def test_parallel_tokenisation_matches_serial(tok):
 def test_jsonl_file_feeds_the_draft_vocab(tok, tmp_path):
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    dl = build_eagle3_dataloader(str(path), tok, 48, 4, split="train[:12]", show_progress=False)
+    dl = build_dataloader(str(path), tok, 48, 4, split="train[:12]", show_progress=False)
     assert dl.stats["num_source_rows"] == 12
     ids, mask = load_or_build_eagle3_token_mapping(
         dl, len(tok), 20, [tok.eos_token_id], tmp_path / "vocab.json", show_progress=False
@@ -244,9 +250,9 @@ def test_errors_name_what_to_change(tok, kwargs, error, match):
         **kwargs,
     }
     with pytest.raises(error, match=match):
-        build_eagle3_dataloader(**args)
+        build_dataloader(**args)
 
 
 def test_qwen3_multi_turn_without_generation_tags_fails_clearly():
     with pytest.raises(ValueError, match="not prefix-stable"):
-        build_eagle3_dataloader(ROWS, build_tokenizer("qwen3"), 48, 4, show_progress=False)
+        build_dataloader(ROWS, build_tokenizer("qwen3"), 48, 4, show_progress=False)

@@ -74,7 +74,7 @@ def test_two_gloo_ranks_share_vocab_and_rank0_cache(tmp_path):
 
 def _loader_worker(rank: int, world: int, port: int, tmp: str) -> None:
     from eagle_ext.data import chat
-    from eagle_ext.data.loader import build_eagle3_dataloader
+    from eagle_ext.data.loader import build_dataloader
     from tests.test_data_helpers import build_tokenizer
 
     _init_gloo(rank, world, port)
@@ -95,14 +95,14 @@ def _loader_worker(rank: int, world: int, port: int, tmp: str) -> None:
                 raise AssertionError("rank 1 tokenised although rank 0 cached the data")
 
             chat.ChatTokenizer.encode = fail
-        dl = build_eagle3_dataloader(
+        dl = build_dataloader(
             rows, tok, 64, 2, cache_dir=os.path.join(tmp, "cache"), distributed=True, show_progress=False
         )
         ids, _ = load_or_build_eagle3_token_mapping(
             dl, len(tok), 16, [tok.eos_token_id], os.path.join(tmp, "vocab.json"), show_progress=False
         )
         try:  # rank 0 fails (no usable rows): every rank must raise instead of waiting
-            build_eagle3_dataloader(
+            build_dataloader(
                 [{"messages": [{"role": "user", "content": "?"}]}],
                 tok,
                 64,

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from eagle_ext.cli import main
-from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-from eagle_ext.demo.target import demo_target_config, load_or_pretrain_target, target_lm_loss
-from eagle_ext.demo.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, build_demo_tokenizer
+from eagle_ext.demo.target_cache import load_or_pretrain_target
 from eagle_ext.demo.toy import QUICK, DemoConfig, run_pipeline
+from eagle_ext.testing.corpus import chat_conversations, corpus_words, write_jsonl
+from eagle_ext.testing.target import target_lm_loss, tiny_target_config
+from eagle_ext.testing.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, build_word_tokenizer
 from eagle_ext.train.checkpoint import load_checkpoint_draft
 from eagle_ext.train.optim import build_optimizer, warmup_cosine
 from eagle_ext.train.reporting import format_table, read_metrics
@@ -33,7 +34,7 @@ def test_corpus_is_seeded_and_covered_by_the_tokenizer(tmp_path):
     assert rows == chat_conversations(50, seed=3) and rows != chat_conversations(50, seed=4)
     assert all(m["role"] in {"system", "user", "assistant"} for r in rows for m in r["messages"])
     assert all(any(m["role"] == "assistant" for m in r["messages"]) for r in rows)
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     assert len(tok) == len(SPECIAL_TOKENS) + len(corpus_words())
     mask_id = tok.convert_tokens_to_ids(MASK_TOKEN)
     for row in rows:
@@ -49,9 +50,9 @@ def test_corpus_is_seeded_and_covered_by_the_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="num_conversations must be an int >= 1, got 0"):
         chat_conversations(0)
     with pytest.raises(ValueError, match="not special tokens"):
-        build_demo_tokenizer(["hello", MASK_TOKEN])
+        build_word_tokenizer(["hello", MASK_TOKEN])
     with pytest.raises(ValueError, match="words must hold at least one word"):
-        build_demo_tokenizer([])
+        build_word_tokenizer([])
 
 
 def test_warmup_cosine_schedule():
@@ -80,7 +81,7 @@ def test_packed_lm_loss_equals_per_document_loss():
     torch.manual_seed(0)
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(demo_target_config(32, hidden_size=32, num_hidden_layers=2)).eval()
+    model = LlamaForCausalLM(tiny_target_config(32, hidden_size=32, num_hidden_layers=2)).eval()
     lengths = [5, 7, 3]
     docs = [torch.randint(0, 32, (n,)) for n in lengths]
     packed = {
@@ -96,7 +97,7 @@ def test_packed_lm_loss_equals_per_document_loss():
 
 
 def test_target_cache_is_reused_and_keyed(tmp_path):
-    config = demo_target_config(32, hidden_size=32, num_hidden_layers=2)
+    config = tiny_target_config(32, hidden_size=32, num_hidden_layers=2)
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(0, 32, (2, 12), generator=g),
              "attention_mask": torch.ones(2, 12, dtype=torch.long)}

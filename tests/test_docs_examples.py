@@ -11,7 +11,8 @@ import shlex
 import pytest
 
 from eagle_ext.cli import main
-from tests.recipe_helpers import make_chats, make_tiny_target
+from eagle_ext.testing import save_tiny_target
+from tests.recipe_helpers import make_chats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def test_offline_md_trains_from_a_cache_with_the_cli_as_written(tmp_path, monkey
         commands = _shell_commands(f.read(), "## Training from a cache with the CLI")
     assert [c.split()[:2] for c in commands] == [["eagle-ext", "precompute"]] * 2 + [["eagle-ext", "train"]]
     # what `eagle-ext demo --target tiny` leaves in runs/demo (smaller data)
-    make_tiny_target(str(tmp_path / "runs" / "demo" / "target"))
+    save_tiny_target(str(tmp_path / "runs" / "demo" / "target"))
     make_chats(str(tmp_path / "runs" / "demo" / "data" / "train.jsonl"), 16)
     make_chats(str(tmp_path / "runs" / "demo" / "data" / "eval.jsonl"), 4, seed=1)
     monkeypatch.chdir(tmp_path)

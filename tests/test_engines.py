@@ -271,7 +271,7 @@ def test_stop_ids_come_from_the_saved_generation_config_without_weights(tmp_path
     from transformers import GenerationConfig
 
     from eagle_ext._hf import saved_generation_config
-    from eagle_ext.serve.eval_cli import target_stop_token_ids
+    from eagle_ext.serve.prompts import target_stop_token_ids
 
     tokenizer = SimpleNamespace(eos_token_id=2)
     cfg = _draft()[1]

@@ -44,11 +44,11 @@ def ws(tmp_path_factory):
     """A tiny Llama target (saved with its tokenizer), 5 chats, and their cache written through the CLI."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.corpus import chat_conversations, corpus_words, write_jsonl
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
     root = tmp_path_factory.mktemp("offline")
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -99,11 +99,11 @@ def _live(ws):
     """The online path on the same data: padded unshuffled loader and the target capture."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from eagle_ext.data.loader import build_eagle3_dataloader
+    from eagle_ext.data.loader import build_dataloader
     from eagle_ext.models import Eagle3TargetModel
 
     tok = AutoTokenizer.from_pretrained(ws["target"])
-    loader = build_eagle3_dataloader(ws["data"], tok, SEQ, BATCH, shuffle=False, show_progress=False)
+    loader = build_dataloader(ws["data"], tok, SEQ, BATCH, shuffle=False, show_progress=False)
     target = Eagle3TargetModel(LlamaForCausalLM.from_pretrained(ws["target"]), aux_layer_ids=list(AUX))
     return loader, target
 

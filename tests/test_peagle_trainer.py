@@ -1,21 +1,15 @@
 """P-EAGLE trainer: flat loss vs an independent reference, exact sequence partitioning, inputs of the
-parallel forward, worker-side COD indices, bad input."""
+parallel forward, bad input."""
 
 import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 from transformers import LlamaConfig
 
 from eagle_ext.models import Eagle3DraftModel
 from eagle_ext.ops.cod import generate_cod_sample_indices
-from eagle_ext.peagle import (
-    CODIndexedDataset,
-    PEagleTrainerModule,
-    collate_with_cod_indices,
-    run_partitioned_step,
-)
+from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
 from eagle_ext.peagle.mask import dense_cod_mask
 
 V, VD, H, MASK_ID = 96, 40, 48, 95
@@ -227,42 +221,6 @@ def test_generator_makes_sampling_reproducible():
     t1 = _trainer(generator=torch.Generator().manual_seed(3))
     t2 = _trainer(generator=torch.Generator().manual_seed(3))
     assert torch.equal(t1(**batch).loss, t2(**batch).loss)
-
-
-def test_worker_cod_indices_feed_the_trainer():
-    samples = []
-    for i in range(6):
-        t = 12 + i
-        loss = torch.zeros(t, dtype=torch.long)
-        loss[4:] = 1
-        samples.append({"input_ids": torch.arange(t), "loss_mask": loss, "attention_mask": torch.ones(t, dtype=torch.long)})
-    dataset = CODIndexedDataset(samples, num_depths=4, seed=7)
-    first = dataset[2]
-    again = dataset[2]
-    assert torch.equal(first["cod_anchor_pos"], again["cod_anchor_pos"])
-    shifted = torch.cat([samples[2]["loss_mask"][1:], torch.zeros(1, dtype=torch.long)])
-    anchor, depth = first["cod_anchor_pos"], first["cod_depth"]
-    assert bool((shifted[(anchor + depth)[depth > 0]] == 1).all())
-    dataset.set_epoch(1)
-    assert not torch.equal(dataset[2]["cod_anchor_pos"], first["cod_anchor_pos"]) or not torch.equal(
-        dataset[2]["cod_depth"], first["cod_depth"])
-
-    def stack(rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        return {k: torch.stack([torch.nn.functional.pad(r[k], (0, width - len(r[k]))) for r in rows])
-                for k in ("input_ids", "loss_mask", "attention_mask")}
-
-    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_with_cod_indices(stack), num_workers=0)
-    batch = next(iter(loader))
-    assert len(batch["cod_indices"]) == 3
-    trainer = _trainer()
-    b, t = batch["input_ids"].shape
-    g = torch.Generator().manual_seed(0)
-    shifted = torch.cat([batch["loss_mask"][:, 1:], torch.zeros(b, 1, dtype=torch.long)], dim=1)
-    metrics = trainer(batch["input_ids"], batch["attention_mask"], shifted,
-                      torch.randn(b, t, 3 * H, generator=g), torch.randn(b, t, V, generator=g),
-                      cod_indices=batch["cod_indices"])
-    assert torch.isfinite(metrics.loss) and int(metrics.valid_tokens) > 0
 
 
 @pytest.mark.parametrize(

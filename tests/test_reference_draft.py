@@ -77,8 +77,8 @@ def test_reference_draft_reaches_its_recorded_tau(record, tmp_path):
 
     from eagle_ext.demo.smollm2 import smollm2_path
     from eagle_ext.demo.smollm2_demo import write_eval_prompts
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts
     from eagle_ext.serve.export import load_exported_draft
+    from eagle_ext.serve.prompts import load_prompts, render_prompts
     from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative
 
     check = record["check"]

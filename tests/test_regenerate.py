@@ -13,8 +13,7 @@ import torch
 
 from eagle_ext.cli import main as cli_main
 from eagle_ext.data.regenerate import read_prompts, regenerate_chats, settings_path
-from eagle_ext.demo.prompts import ASSETS_DIR, HELDOUT_FILE, TRAIN_FILE, build_prompt_sets
-from eagle_ext.demo.tokenizer import build_demo_tokenizer
+from eagle_ext.testing.tokenizer import build_word_tokenizer
 
 WORDS = "what is the capital of france give me a word say it again answer in one sky colour blue".split()
 PROMPTS = [
@@ -28,7 +27,7 @@ PROMPTS = [
 def _save_target(directory, *, always_end: bool = False) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_demo_tokenizer(WORDS)
+    tok = build_word_tokenizer(WORDS)
     cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       intermediate_size=64, vocab_size=len(tok), max_position_embeddings=256,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
@@ -226,8 +225,22 @@ def test_plain_text_prompts(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The demo's prompt sets
+# The demo's prompt sets (written by tools/make_demo_prompts.py from tools/demo_prompts.yaml)
 # --------------------------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS_DIR = os.path.join(REPO, "eagle_ext", "demo", "assets")
+TRAIN_FILE, HELDOUT_FILE = "prompts_train.jsonl", "prompts_heldout.jsonl"
+
+
+def _prompt_generator():
+    """tools/make_demo_prompts.py, a script outside the package, loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_prompts", os.path.join(REPO, "tools", "make_demo_prompts.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _first_user_turn(prompt) -> str:
@@ -253,12 +266,15 @@ def test_committed_prompt_sets_schema_sizes_and_disjointness():
     assert lengths[len(lengths) // 10] < 40 and lengths[-len(lengths) // 20] > 120 and lengths[-1] > 300
 
 
-def test_committed_prompt_sets_are_what_the_seeded_generator_writes():
-    train, heldout = build_prompt_sets(2000, 100, seed=0)
-    for rows, name in ((train, TRAIN_FILE), (heldout, HELDOUT_FILE)):
-        with open(os.path.join(ASSETS_DIR, name)) as f:
-            assert [json.loads(line) for line in f] == rows
-    other_train, _ = build_prompt_sets(2000, 100, seed=1)
+def test_committed_prompt_sets_are_what_the_seeded_generator_writes(tmp_path):
+    generator = _prompt_generator()
+    assert (generator.ASSETS_DIR, generator.TRAIN_FILE, generator.HELDOUT_FILE) == (ASSETS_DIR, TRAIN_FILE, HELDOUT_FILE)
+    written = generator.write_prompt_sets(tmp_path)
+    for path, name in zip(written, (TRAIN_FILE, HELDOUT_FILE)):
+        with open(path, "rb") as new, open(os.path.join(ASSETS_DIR, name), "rb") as committed:
+            assert new.read() == committed.read(), name  # byte for byte
+    train, _ = generator.build_prompt_sets(2000, 100, seed=0)
+    other_train, _ = generator.build_prompt_sets(2000, 100, seed=1)
     assert other_train != train
 
 

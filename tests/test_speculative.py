@@ -504,9 +504,9 @@ def test_cuda_decoding(target, algorithm):
 
 
 def _write_target(directory) -> tuple[object, LlamaConfig]:
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
-    tokenizer = build_demo_tokenizer("hello world count from one two three four five six seven".split())
+    tokenizer = build_word_tokenizer("hello world count from one two three four five six seven".split())
     cfg = _config(vocab=len(tokenizer))
     torch.manual_seed(5)
     LlamaForCausalLM(cfg).save_pretrained(directory)
@@ -551,7 +551,7 @@ def test_eval_cli_end_to_end(tmp_path, capsys, algorithm, fmt):
 
 def test_eval_cli_rejects_bad_arguments_before_loading(tmp_path, capsys):
     from eagle_ext.cli import main
-    from eagle_ext.serve.eval_cli import load_prompts
+    from eagle_ext.serve.prompts import load_prompts
 
     target_dir = tmp_path / "target"
     target_dir.mkdir()

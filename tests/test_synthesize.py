@@ -40,9 +40,9 @@ from eagle_ext.data.text_filters import (
     refusal_count,
     text_hash,
 )
-from eagle_ext.demo.corpus import corpus_words
-from eagle_ext.demo.target import demo_target_config
-from eagle_ext.demo.tokenizer import build_demo_tokenizer
+from eagle_ext.testing.corpus import corpus_words
+from eagle_ext.testing.target import tiny_target_config
+from eagle_ext.testing.tokenizer import build_word_tokenizer
 
 # A SmolLM2-style template: a default system turn when the conversation has none.
 DEFAULT_SYSTEM_TEMPLATE = (
@@ -227,7 +227,7 @@ def test_minhash_index_arguments():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_demo_tokenizer(corpus_words())
+    return build_word_tokenizer(corpus_words())
 
 
 def test_user_turn_prefix_of_the_toy_template(tokenizer):
@@ -243,7 +243,7 @@ def test_user_turn_prefix_of_the_toy_template(tokenizer):
 
 
 def test_user_turn_prefix_with_a_default_system_prompt(tokenizer):
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     tok.chat_template = DEFAULT_SYSTEM_TEMPLATE
     assert user_turn_prefix(tok).text == ("<|im_start|>system\nyou are a helpful assistant<|im_end|>\n"
                                          "<|im_start|>user\n")
@@ -252,7 +252,7 @@ def test_user_turn_prefix_with_a_default_system_prompt(tokenizer):
 
 
 def test_user_turn_prefix_errors():
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     tok.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\nhello<|im_end|>\n{% endfor %}"
     with pytest.raises(ValueError, match="does not write a user message's content"):
         user_turn_prefix(tok)
@@ -311,11 +311,11 @@ def _save_target(directory, *, template: str | None = None) -> str:
     of the words the end token is likely (so sampled turns end), after the others it never comes."""
     from transformers import LlamaForCausalLM
 
-    tok = build_demo_tokenizer(corpus_words())
+    tok = build_word_tokenizer(corpus_words())
     if template is not None:
         tok.chat_template = template
     torch.manual_seed(0)
-    model = LlamaForCausalLM(demo_target_config(len(tok), hidden_size=32, num_hidden_layers=2)).eval()
+    model = LlamaForCausalLM(tiny_target_config(len(tok), hidden_size=32, num_hidden_layers=2)).eval()
     eos = tok.eos_token_id
     with torch.no_grad():
         for layer in model.model.layers:

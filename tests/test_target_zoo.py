@@ -31,10 +31,10 @@ ZOO = {
 def _save_target(directory: str, family: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from eagle_ext.demo.corpus import corpus_words
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.corpus import corpus_words
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
-    tokenizer = build_demo_tokenizer(corpus_words())
+    tokenizer = build_word_tokenizer(corpus_words())
     config = zoo_config(family, vocab=len(tokenizer))
     if config is None:
         pytest.skip(f"the installed transformers has no {family}")

@@ -30,8 +30,8 @@ REAL_ROPE = {"gpt_oss": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-    from eagle_ext.demo.tokenizer import build_demo_tokenizer
+    from eagle_ext.testing.corpus import chat_conversations, corpus_words, write_jsonl
+    from eagle_ext.testing.tokenizer import build_word_tokenizer
 
     root = tmp_path_factory.mktemp("corpus")
     rows = chat_conversations(220, seed=0)
@@ -40,15 +40,14 @@ def corpus(tmp_path_factory):
     with open(root / "prompts.jsonl", "w") as f:
         for row in rows[200:204]:
             f.write(json.dumps({"prompt": next(m["content"] for m in row["messages"] if m["role"] == "user")}) + "\n")
-    return {"root": root, "tokenizer": build_demo_tokenizer(corpus_words())}
+    return {"root": root, "tokenizer": build_word_tokenizer(corpus_words())}
 
 
 def _pretrained_target(directory, family: str, corpus) -> None:
     from transformers import AutoModelForCausalLM
 
-    from eagle_ext.data import build_eagle3_dataloader
-    from eagle_ext.demo.target import pretrain_target
-    from eagle_ext.demo.toy import forever
+    from eagle_ext.data import build_dataloader
+    from eagle_ext.testing.target import forever, pretrain_target
 
     tokenizer = corpus["tokenizer"]
     config = zoo_config(family, vocab=len(tokenizer))
@@ -64,7 +63,7 @@ def _pretrained_target(directory, family: str, corpus) -> None:
     config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float()
-    loader = build_eagle3_dataloader(str(corpus["root"] / "train.jsonl"), tokenizer, 128, 8, shuffle=True,
+    loader = build_dataloader(str(corpus["root"] / "train.jsonl"), tokenizer, 128, 8, shuffle=True,
                                      cache_dir=str(directory) + "_cache", show_progress=False)
     pretrain_target(model, forever(loader), 80, 3e-3, show_progress=False)
     model.eval().save_pretrained(directory)

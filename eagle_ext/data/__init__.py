@@ -4,7 +4,7 @@ and an assistant-only ``loss_mask``, the draft vocabulary, padded and packed row
 Modules: ``sources`` (files, directories, HF datasets, split slices), ``chat`` (row normalisation,
 rendering, masks), ``tokenization`` (whole-dataset tokenisation and its cache), ``vocab`` (draft
 vocabulary and its cache), ``packing`` (packed rows and collate functions), ``loader`` (datasets, samplers,
-``build_eagle3_dataloader``), ``fingerprint`` (cache keys).
+``build_dataloader``, public-API alias ``build_eagle3_dataloader``), ``fingerprint`` (cache keys).
 
 Importing this package is cheap: names resolve (and pull in ``datasets`` / ``transformers``) on first use.
 """
@@ -23,6 +23,7 @@ _EXPORTS = {
     "pad_collate": "eagle_ext.data.packing",
     "build_eagle3_dataloader": "eagle_ext.data.loader",
     # helpers
+    "build_dataloader": "eagle_ext.data.loader",
     "count_supervised_tokens": "eagle_ext.data.vocab",
     "select_draft_vocab": "eagle_ext.data.vocab",
     "draft_vocab_coverage": "eagle_ext.data.vocab",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from eagle_ext._checks import check_int
 from eagle_ext.data.fingerprint import digest
 from eagle_ext.data.packing import (
     PACKING_STRATEGIES,
@@ -194,11 +195,6 @@ def _tokenize(data_path, tokenizer, *, cache_dir, show_progress, **kwargs) -> To
     return result
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _resolve_pad_token_id(tokenizer, pad_token_id: int | None) -> int:
     if pad_token_id is not None:
         return int(pad_token_id)
@@ -209,30 +205,104 @@ def _resolve_pad_token_id(tokenizer, pad_token_id: int | None) -> int:
     return 0
 
 
-def build_eagle3_dataloader(
-    data_path,
-    tokenizer,
-    seq_length: int,
-    batch_size: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    split: str | None = None,
-    distributed: bool = False,
-    shuffle_seed: int = 42,
-    mask_reasoning_content: bool = False,
-    mask_generation_prompt: bool = False,
-    packed_sequence_size: int = 0,
-    dp_mesh=None,
-    *,
-    packing_strategy: str = "greedy",
-    chat_template: str | None = None,
-    template_kwargs: Mapping[str, Any] | None = None,
-    pad_token_id: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    num_proc: int | None = None,
+def _check_loader_args(seq_length: int, batch_size: int, num_workers: int, packed_sequence_size: int,
+                       packing_strategy: str, distributed: bool, dp_mesh) -> None:
+    check_int("seq_length", seq_length, 2)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
+    check_int("packed_sequence_size", packed_sequence_size, 0)
+    if packed_sequence_size == 1:
+        raise ValueError("packed_sequence_size must be 0 (no packing) or an int >= 2, got 1")
+    if packing_strategy not in PACKING_STRATEGIES:
+        raise ValueError(f"packing_strategy must be one of {PACKING_STRATEGIES}, got {packing_strategy!r}")
+    if distributed and dp_mesh is None and _dist() is None:
+        raise ValueError("distributed=True needs an initialised torch.distributed process group or a dp_mesh")
+
+
+def _row_layout(tokenized: TokenizedChats, data_path, seq_length: int, packed_sequence_size: int,
+                packing_strategy: str, pad: int) -> tuple[Dataset, Any, int, dict[str, Any]]:
+    """The dataset of padded samples or packed rows, its collate function, the truncation length and the
+    loader's ``stats``.
+
+    Raises:
+        ValueError: no sample keeps an assistant token within the truncation length.
+    """
+    stats: dict[str, Any] = {
+        "num_source_rows": tokenized.num_source_rows,
+        "skipped": dict(tokenized.skipped),
+        "num_samples": len(tokenized.dataset),
+    }
+    if packed_sequence_size > 0:
+        max_length = packed_sequence_size
+        dataset: Dataset = PackedChatDataset(tokenized.dataset, packed_sequence_size, pad, packing_strategy)
+        collate = pack_collate
+        stats.update(num_rows=len(dataset), padding_fraction=dataset.padding_fraction)
+        logger.info(
+            "packed %d samples into %d rows of %d tokens (%s): %.1f%% padding",
+            len(tokenized.dataset),
+            len(dataset),
+            packed_sequence_size,
+            packing_strategy,
+            100.0 * dataset.padding_fraction,
+        )
+    else:
+        max_length = seq_length
+        dataset = ChatSampleDataset(tokenized.dataset, seq_length, pad)
+        collate = partial(pad_collate, pad_token_id=pad)
+    stats["dropped_by_truncation"] = dataset.num_dropped
+    if dataset.num_dropped:
+        logger.warning(
+            "%d samples have no assistant token within the first %d tokens and are left out",
+            dataset.num_dropped,
+            max_length,
+        )
+    if len(dataset) == 0:
+        raise ValueError(
+            f"no sample of {data_path!r} keeps an assistant token within the first {max_length} tokens; raise "
+            f"{'packed_sequence_size' if packed_sequence_size else 'seq_length'} (now {max_length})"
+        )
+    return dataset, collate, max_length, stats
+
+
+def _sampler(dataset: Dataset, *, distributed: bool, dp_mesh, shuffle: bool, seed: int) -> Sampler:
+    """A ``DistributedSampler`` over ``dp_mesh`` (or the whole world) when ``distributed``, else the seeded
+    per-epoch shuffle."""
+    if not distributed:
+        return SeededShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
+    if dp_mesh is not None:
+        return DistributedSampler(
+            dataset,
+            num_replicas=dp_mesh.size(),
+            rank=dp_mesh.get_local_rank(),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
+    return DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
+
+
+def _worker_kwargs(num_workers: int) -> dict[str, Any]:
+    """``DataLoader`` keywords for the workers: kept alive across epochs, started with ``forkserver`` when CUDA is
+    available (fork would inherit an initialised CUDA context), batches in pinned memory with CUDA."""
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"num_workers": num_workers, "drop_last": False, "pin_memory": cuda}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True
+        if cuda:
+            kwargs["multiprocessing_context"] = "forkserver"
+    return kwargs
+
+
+def build_dataloader(
+    data_path, tokenizer, seq_length: int, batch_size: int, shuffle: bool = True, num_workers: int = 0,
+    split: str | None = None, distributed: bool = False, shuffle_seed: int = 42, mask_reasoning_content: bool = False,
+    mask_generation_prompt: bool = False, packed_sequence_size: int = 0, dp_mesh=None, *,
+    packing_strategy: str = "greedy", chat_template: str | None = None, template_kwargs: Mapping[str, Any] | None = None,
+    pad_token_id: int | None = None, cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
     show_progress: bool = True,
 ) -> Eagle3DataLoader:
-    """Build the EAGLE-3 dataloader from chat data.
+    """Build the training dataloader from chat data (EAGLE-3 and P-EAGLE alike; ``build_eagle3_dataloader`` is
+    the same function under its public-API name).
 
     Args:
         data_path: chat rows (see :func:`eagle_ext.data.sources.load_chat_source`: JSONL / JSON / parquet,
@@ -272,92 +342,21 @@ def build_eagle3_dataloader(
             ``dp_mesh``, a tokenizer without chat template, a template that is not prefix-stable, no usable
             rows; FileNotFoundError for a missing ``data_path``; ValueError for an unknown file format.
     """
-    _check_int("seq_length", seq_length, 2)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
-    _check_int("packed_sequence_size", packed_sequence_size, 0)
-    if packed_sequence_size == 1:
-        raise ValueError("packed_sequence_size must be 0 (no packing) or an int >= 2, got 1")
-    if packing_strategy not in PACKING_STRATEGIES:
-        raise ValueError(f"packing_strategy must be one of {PACKING_STRATEGIES}, got {packing_strategy!r}")
-    if distributed and dp_mesh is None and _dist() is None:
-        raise ValueError("distributed=True needs an initialised torch.distributed process group or a dp_mesh")
-
+    _check_loader_args(seq_length, batch_size, num_workers, packed_sequence_size, packing_strategy, distributed,
+                       dp_mesh)
     tokenized = _tokenize(
-        data_path,
-        tokenizer,
-        split=split,
-        chat_template=chat_template,
-        mask_reasoning_content=mask_reasoning_content,
-        mask_generation_prompt=mask_generation_prompt,
-        template_kwargs=template_kwargs,
-        num_proc=num_proc,
-        cache_dir=cache_dir,
-        show_progress=show_progress,
+        data_path, tokenizer, split=split, chat_template=chat_template, mask_reasoning_content=mask_reasoning_content,
+        mask_generation_prompt=mask_generation_prompt, template_kwargs=template_kwargs, num_proc=num_proc,
+        cache_dir=cache_dir, show_progress=show_progress,
     )
     pad = _resolve_pad_token_id(tokenizer, pad_token_id)
-    stats: dict[str, Any] = {
-        "num_source_rows": tokenized.num_source_rows,
-        "skipped": dict(tokenized.skipped),
-        "num_samples": len(tokenized.dataset),
-    }
-    if packed_sequence_size > 0:
-        max_length = packed_sequence_size
-        dataset: Dataset = PackedChatDataset(tokenized.dataset, packed_sequence_size, pad, packing_strategy)
-        collate = pack_collate
-        stats.update(num_rows=len(dataset), padding_fraction=dataset.padding_fraction)
-        logger.info(
-            "packed %d samples into %d rows of %d tokens (%s): %.1f%% padding",
-            len(tokenized.dataset),
-            len(dataset),
-            packed_sequence_size,
-            packing_strategy,
-            100.0 * dataset.padding_fraction,
-        )
-    else:
-        max_length = seq_length
-        dataset = ChatSampleDataset(tokenized.dataset, seq_length, pad)
-        collate = partial(pad_collate, pad_token_id=pad)
-    stats["dropped_by_truncation"] = dataset.num_dropped
-    if dataset.num_dropped:
-        logger.warning(
-            "%d samples have no assistant token within the first %d tokens and are left out",
-            dataset.num_dropped,
-            max_length,
-        )
-    if len(dataset) == 0:
-        raise ValueError(
-            f"no sample of {data_path!r} keeps an assistant token within the first {max_length} tokens; raise "
-            f"{'packed_sequence_size' if packed_sequence_size else 'seq_length'} (now {max_length})"
-        )
-
-    if distributed:
-        if dp_mesh is not None:
-            sampler: Sampler = DistributedSampler(
-                dataset,
-                num_replicas=dp_mesh.size(),
-                rank=dp_mesh.get_local_rank(),
-                shuffle=shuffle,
-                seed=shuffle_seed,
-                drop_last=False,
-            )
-        else:
-            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=shuffle_seed, drop_last=False)
-    else:
-        sampler = SeededShuffleSampler(len(dataset), seed=shuffle_seed, shuffle=shuffle)
-
-    cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {
-        "batch_size": batch_size,
-        "sampler": sampler,
-        "collate_fn": collate,
-        "num_workers": num_workers,
-        "drop_last": False,
-        "pin_memory": cuda,
-    }
-    if num_workers > 0:
-        kwargs["persistent_workers"] = True
-        if cuda:
-            kwargs["multiprocessing_context"] = "forkserver"
+    dataset, collate, max_length, stats = _row_layout(tokenized, data_path, seq_length, packed_sequence_size,
+                                                      packing_strategy, pad)
+    sampler = _sampler(dataset, distributed=distributed, dp_mesh=dp_mesh, shuffle=shuffle, seed=shuffle_seed)
     data_fingerprint = digest({"tokenized": tokenized.fingerprint, "max_length": max_length})
-    return Eagle3DataLoader(dataset, data_fingerprint=data_fingerprint, stats=stats, **kwargs)
+    return Eagle3DataLoader(dataset, data_fingerprint=data_fingerprint, stats=stats, batch_size=batch_size,
+                            sampler=sampler, collate_fn=collate, **_worker_kwargs(num_workers))
+
+
+#: The public-API name (DESIGN.md §3): the same function.
+build_eagle3_dataloader = build_dataloader

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eagle_ext._checks import is_int
 from eagle_ext._io import write_json
 from eagle_ext.data.chat import SkippedRow, normalize_messages
 from eagle_ext.data.fingerprint import digest, path_fingerprint
@@ -150,9 +151,9 @@ def check_regenerate_args(*, max_new_tokens: int, batch_size: int, temperature: 
     """
     for name, value, minimum in (("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
                                  ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if not is_int(value, minimum):
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {minimum}, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and not is_int(limit, 1):
         raise ValueError(f"--limit: expected an integer >= 1, got {limit!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature >= 0
@@ -338,12 +339,8 @@ def regenerate_chats(
     if os.path.isdir(out_path):
         raise ValueError(f"--out: {out_path!r} is a directory; expected a JSONL file path")
     prompts = read_prompts(prompts_path)
-    settings = {"format": REGENERATE_FORMAT, "target": target, "target_fingerprint": path_fingerprint(target),
-                "max_new_tokens": max_new_tokens, "temperature": float(temperature), "seed": seed}
-    if engine == "vllm":  # hf settings keep their original keys, so earlier outputs stay resumable
-        settings.update({"engine": "vllm", "dtype": dtype})
-    elif dtype != "auto":
-        settings["dtype"] = dtype
+    settings = _regenerate_settings(target, engine=engine, dtype=dtype, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, seed=seed)
     resuming = _check_settings(out_path, settings, also=("engine", "dtype"))
     done = _answered(out_path, prompts) if resuming else set()
     selected = prompts[:limit] if limit is not None else prompts
@@ -354,9 +351,40 @@ def regenerate_chats(
              "generated_tokens": 0, "truncated_turns": 0, "seconds": 0.0, "out": out_path}
     if not pending:
         return stats
+    generator = _load_generator(target, engine=engine, dtype=dtype, seed=seed, batch_size=batch_size,
+                                vllm_python=vllm_python)
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    if not resuming:
+        with open(out_path, "w"):
+            pass
+    write_json(settings_path(out_path), settings, indent=2)
+    _answer_pending(pending, stats, out_path, generator, engine=engine, batch_size=batch_size, seed=seed,
+                    max_new_tokens=max_new_tokens, temperature=temperature, show_progress=show_progress)
+    return stats
 
+
+def _regenerate_settings(target: str, *, engine: str, dtype: str, max_new_tokens: int, temperature: float,
+                         seed: int) -> dict[str, Any]:
+    """What an output was made with (stored beside it; a resumed run must match)."""
+    settings = {"format": REGENERATE_FORMAT, "target": target, "target_fingerprint": path_fingerprint(target),
+                "max_new_tokens": max_new_tokens, "temperature": float(temperature), "seed": seed}
+    if engine == "vllm":  # hf settings keep their original keys, so earlier outputs stay resumable
+        settings.update({"engine": "vllm", "dtype": dtype})
+    elif dtype != "auto":
+        settings["dtype"] = dtype
+    return settings
+
+
+def _load_generator(target: str, *, engine: str, dtype: str, seed: int, batch_size: int,
+                    vllm_python: str | None) -> dict[str, Any]:
+    """The tokenizer and the engine that answers: an HF model on the best device (``model``, ``device``) or a
+    :class:`~eagle_ext.engines.vllm.VllmEngine` not yet started (``vllm_engine``); with the ``end_ids`` that
+    close a turn and the ``pad_id``.
+
+    Raises:
+        ValueError: the tokenizer has no chat template; VllmUnavailable: no interpreter with vLLM.
+    """
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     if engine == "vllm":
@@ -385,12 +413,18 @@ def regenerate_chats(
         model = AutoModelForCausalLM.from_pretrained(target).to(device=device, dtype=cast).eval()
         end_ids = _end_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    return {"tokenizer": tokenizer, "model": model, "vllm_engine": vllm_engine, "device": device,
+            "end_ids": end_ids, "pad_id": pad_id}
 
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    if not resuming:
-        with open(out_path, "w"):
-            pass
-    write_json(settings_path(out_path), settings, indent=2)
+
+def _answer_pending(pending: list[ChatPrompt], stats: dict, out_path: str, generator: dict[str, Any], *,
+                    engine: str, batch_size: int, seed: int, max_new_tokens: int, temperature: float,
+                    show_progress: bool) -> None:
+    """Answer ``pending`` batch by batch (appending to ``out_path``, counting into ``stats``), under a progress bar;
+    the vLLM engine is started here and always closed."""
+    from tqdm.auto import tqdm
+
+    vllm_engine = generator["vllm_engine"]
     bar = tqdm(total=len(pending), desc=f"regenerate ({engine})", unit="prompt", disable=not show_progress)
     try:
         if vllm_engine is not None:
@@ -398,9 +432,8 @@ def regenerate_chats(
         t0 = time.perf_counter()  # generation time: the engine's start-up is not counted
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
-            _answer_batch(batch, stats, out_path, tokenizer=tokenizer, model=model, vllm_engine=vllm_engine,
-                          device=device, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                          end_ids=end_ids, pad_id=pad_id)
+            _answer_batch(batch, stats, out_path, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                          **generator)
             elapsed = time.perf_counter() - t0
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{stats['generated_tokens'] / max(elapsed, 1e-9):.0f}")
@@ -409,7 +442,6 @@ def regenerate_chats(
         if vllm_engine is not None:
             vllm_engine.close()
     stats["seconds"] = time.perf_counter() - t0
-    return stats
 
 
 def _answer_batch(batch: list[ChatPrompt], stats: dict, out_path: str, *, tokenizer, model, vllm_engine, device,

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from eagle_ext._checks import is_int
 from eagle_ext._io import atomic_path, write_json
 from eagle_ext.data.chat import SkippedRow, normalize_messages
 from eagle_ext.data.fingerprint import path_fingerprint
@@ -354,10 +355,6 @@ def row_seed(seed: int, index: int, turn: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
 def check_synthesize_args(*, num_prompts: int, turns: int, answers: bool, temperature: float, top_p: float,
                           seed: int, max_tokens: int, max_new_tokens: int, batch_size: int, shard_size: int,
                           near_dup_threshold: float, exclude_threshold: float, max_candidates: int | None,
@@ -369,9 +366,9 @@ def check_synthesize_args(*, num_prompts: int, turns: int, answers: bool, temper
     """
     for name, value, minimum in (("num_prompts", num_prompts, 1), ("turns", turns, 1), ("max_tokens", max_tokens, 1),
                                  ("shard_size", shard_size, 1)):
-        if not _is_int(value, minimum):
+        if not is_int(value, minimum):
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {minimum}, got {value!r}")
-    if max_candidates is not None and not _is_int(max_candidates, 1):
+    if max_candidates is not None and not is_int(max_candidates, 1):
         raise ValueError(f"--max-candidates: expected an integer >= 1, got {max_candidates!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
         math.isfinite(temperature) and temperature > 0
@@ -628,20 +625,53 @@ def synthesize_prompts(
     filters = TextFilters() if filters is None else filters
     if not isinstance(filters, TextFilters):
         raise ValueError(f"filters: expected a TextFilters, got {type(filters).__name__}")
-    check_synthesize_args(num_prompts=num_prompts, turns=turns, answers=answers, temperature=temperature,
-                          top_p=top_p, seed=seed, max_tokens=max_tokens, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, shard_size=shard_size, near_dup_threshold=near_dup_threshold,
-                          exclude_threshold=exclude_threshold, max_candidates=max_candidates, system=system)
-    target = _check_target(target)
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"--out: {out_dir!r} is a file; expected a directory (created if missing)")
+    options = {"system": system, "turns": turns, "answers": answers, "temperature": temperature, "top_p": top_p,
+               "seed": seed, "max_tokens": max_tokens, "max_new_tokens": max_new_tokens}
+    check_synthesize_args(num_prompts=num_prompts, batch_size=batch_size, shard_size=shard_size,
+                          near_dup_threshold=near_dup_threshold, exclude_threshold=exclude_threshold,
+                          max_candidates=max_candidates, **options)
+    target, out_dir = _check_target(target), _check_out_dir(out_dir)
     exclude = [os.path.abspath(os.fspath(p)) for p in exclude]
     exclude_texts = [t for p in exclude for t in read_exclude_texts(p)]
     engine_name, python = resolve_engine(engine, vllm_python)
     max_candidates = 20 * num_prompts if max_candidates is None else max_candidates
-    hasher = MinHasher(MINHASH["num_perm"], MINHASH["ngram"], MINHASH["seed"])
+    settings = _synthesize_settings(target, engine_name, exclude, filters=filters, near_dup_threshold=near_dup_threshold,
+                                    exclude_threshold=exclude_threshold, shard_size=shard_size, compress=compress,
+                                    batch_size=batch_size, **options)
+    state = _resume(out_dir, settings, compress)
+    stats, cursor, kept = state.stats, state.cursor, sum(len(s) for s in state.shards)
+    result = {"rows": kept, "new_rows": 0, "stopped": "done", "seconds": 0.0, "out": out_dir, "engine": engine_name}
+    if kept >= num_prompts or cursor >= max_candidates:
+        return {**stats, **result, "stopped": "done" if kept >= num_prompts else "max_candidates"}
+    dedup = _Dedup(near_dup_threshold, [r for s in state.shards for r in s])
+    leaks = LeakChecker(exclude_texts, dedup.hasher, exclude_threshold, MINHASH["bands"]) if exclude_texts else None
+    tokenizer, first_prefix, stop_ids, pad_id = _load_tokenizer(target, system)
+    run_info = {"num_prompts": num_prompts, "max_candidates": max_candidates, "batch_size": batch_size,
+                "end_of_turn_ids": first_prefix.end_ids, "stop_token_ids": stop_ids, "user_turn_opening": first_prefix.text}
+    writer = _ShardWriter(out_dir, state, settings, run_info, command=command, vllm_python=python,
+                          shard_size=shard_size, compress=compress)
+    t_start = time.perf_counter()
+    with _open_engine(engine_name, target, tokenizer, pad_id=pad_id, seed=seed, vllm_python=python) as eng:
+        synth = _Synthesizer(eng, tokenizer, stop_ids=set(stop_ids), special_ids=_special_ids(tokenizer),
+                             first_prefix=first_prefix, filters=filters, leaks=leaks, **options)
+        _synthesize_rows(synth, writer, dedup, stats, result, cursor=cursor, kept=kept, num_prompts=num_prompts, turns=turns,
+                         max_candidates=max_candidates, batch_size=batch_size, answers=answers, show_progress=show_progress)
+    result["seconds"] = time.perf_counter() - t_start
+    return {**stats, **result, "shards": writer.num_shards}
 
+
+def _check_out_dir(out_dir: str | os.PathLike) -> str:
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out: {out_dir!r} is a file; expected a directory (created if missing)")
+    return out_dir
+
+
+def _synthesize_settings(target: str, engine_name: str, exclude: list[str], *, system: str | None, turns: int,
+                         answers: bool, temperature: float, top_p: float, seed: int, max_tokens: int,
+                         max_new_tokens: int, filters: TextFilters, near_dup_threshold: float,
+                         exclude_threshold: float, shard_size: int, compress: bool, batch_size: int) -> dict:
+    """What decides the rows (stored in the settings file; a resumed run must match)."""
     settings = {
         "format": SYNTHESIZE_FORMAT, "target": target, "target_fingerprint": path_fingerprint(target),
         "engine": engine_name, "system": system, "turns": turns, "answers": answers,
@@ -653,124 +683,156 @@ def synthesize_prompts(
     }
     if engine_name == "hf":  # hf batches share one RNG stream: the batch boundaries decide the rows
         settings["batch_size"] = batch_size
-    resuming = os.path.isdir(out_dir) and (os.path.exists(settings_path(out_dir)) or bool(os.listdir(out_dir)))
-    if resuming:
+    return settings
+
+
+def _resume(out_dir: str, settings: dict, compress: bool) -> SimpleNamespace:
+    """What an earlier run left in ``out_dir`` (after checking that ``settings`` match those it was made with):
+    ``stored`` (its settings file; empty for a new output), the rows of its ``shards``, the ``stats`` counted so
+    far and the ``cursor`` (next candidate index)."""
+    stored, shards = {}, []
+    if os.path.isdir(out_dir) and (os.path.exists(settings_path(out_dir)) or bool(os.listdir(out_dir))):
         _check_settings(out_dir, settings, command="synthesize")
-    stored = {}
-    if resuming:
         with open(settings_path(out_dir)) as f:
             stored = json.load(f)
+        shards = _load_progress(out_dir, stored.get("progress", {}), compress)
     progress = stored.get("progress", {})
-    shards = _load_progress(out_dir, progress, compress) if resuming else []
-    stats = {**_empty_stats(), **progress.get("stats", {})}
-    cursor = int(progress.get("next_index", 0))
-    kept = sum(len(s) for s in shards)
-    result = {"rows": kept, "new_rows": 0, "stopped": "done", "seconds": 0.0, "out": out_dir, "engine": engine_name}
-    if kept >= num_prompts or cursor >= max_candidates:
-        result["stopped"] = "done" if kept >= num_prompts else "max_candidates"
-        return {**stats, **result}
+    return SimpleNamespace(stored=stored, shards=shards, stats={**_empty_stats(), **progress.get("stats", {})},
+                           cursor=int(progress.get("next_index", 0)))
 
-    # exact and near dedup state: the first user turns of the rows kept so far
-    seen = {text_hash(_first_user(r["messages"])) for s in shards for r in s}
-    near = MinHashIndex(hasher, near_dup_threshold, MINHASH["bands"])
-    near.add_texts([_first_user(r["messages"]) for s in shards for r in s])
-    leaks = LeakChecker(exclude_texts, hasher, exclude_threshold, MINHASH["bands"]) if exclude_texts else None
 
-    from tqdm.auto import tqdm
+def _load_tokenizer(target: str, system: str | None) -> tuple[Any, Any, list[int], int]:
+    """The target's tokenizer, how its template opens a first user turn (after ``system``), the ids that stop a
+    generated user turn, and the pad id.
+
+    Raises:
+        ValueError: the tokenizer has no chat template.
+    """
     from transformers import AutoTokenizer
+
+    from eagle_ext._hf import saved_generation_config
 
     tokenizer = AutoTokenizer.from_pretrained(target)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"--target: the tokenizer in {target!r} has no chat template")
     first_prefix = user_turn_prefix(tokenizer, [{"role": "system", "content": system}] if system is not None else [])
-    from eagle_ext._hf import saved_generation_config
-
     end_ids = _end_token_ids(SimpleNamespace(generation_config=saved_generation_config(target)), tokenizer)
     stop_ids = sorted(set(end_ids) | set(first_prefix.end_ids))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    return tokenizer, first_prefix, stop_ids, pad_id
 
-    os.makedirs(out_dir, exist_ok=True)
-    listed = progress.get("shards", [])
-    buffer = shards[-1] if shards and len(shards[-1]) < shard_size else []
-    shard_k = len(shards) - 1 if buffer else len(shards)
-    listed = listed[:shard_k]
-    commands = stored.get("commands", []) + ([command] if command else [])
-    run_info = {"num_prompts": num_prompts, "max_candidates": max_candidates, "batch_size": batch_size,
-                "end_of_turn_ids": first_prefix.end_ids, "stop_token_ids": stop_ids,
-                "user_turn_opening": first_prefix.text}
 
-    def save(complete: bool) -> None:
-        entries = list(listed)
-        if buffer:
-            text = _rows_text(buffer)
-            _write_shard(os.path.join(out_dir, shard_name(shard_k, compress)), text, compress)
-            entries.append({"file": shard_name(shard_k, compress), "rows": len(buffer), "sha256": _sha(text)})
-        record = {**settings, "command": command, "commands": commands, "versions": versions, "run": run_info,
-                  "vllm_python": python,
-                  "progress": {"next_index": cursor, "shards": entries, "stats": stats, "complete": complete}}
-        write_json(settings_path(out_dir), record, indent=2)
+class _Dedup:
+    """Exact and near-duplicate detection over the first user turns of the rows kept so far."""
 
-    versions = _versions()
-    t_start = time.perf_counter()
+    def __init__(self, threshold: float, rows: list[dict]):
+        self.hasher = hasher = MinHasher(MINHASH["num_perm"], MINHASH["ngram"], MINHASH["seed"])
+        self.seen = {text_hash(_first_user(r["messages"])) for r in rows}
+        self.near = MinHashIndex(hasher, threshold, MINHASH["bands"])
+        self.near.add_texts([_first_user(r["messages"]) for r in rows])
+
+    def check_and_add(self, messages: Sequence[dict]) -> str | None:
+        """``"exact_duplicate"`` / ``"near_duplicate"`` when the first user turn repeats a kept one; else ``None``,
+        and the turn counts as kept from now on."""
+        first = _first_user(messages)
+        h = text_hash(first)
+        sig = self.hasher.signature(first)
+        if h in self.seen:
+            return "exact_duplicate"
+        if self.near.query(sig) is not None:
+            return "near_duplicate"
+        self.seen.add(h)
+        self.near.add(sig, first)
+        return None
+
+
+class _ShardWriter:
+    """The output's shards and settings file as rows are kept: a full shard is written once, the last (partial)
+    one at every :meth:`save`, which also records the progress (next candidate, shards, counts) for a resume."""
+
+    def __init__(self, out_dir: str, state: SimpleNamespace, settings: dict, run_info: dict, *, command: str | None,
+                 vllm_python: str | None, shard_size: int, compress: bool):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir, self.shard_size, self.compress = out_dir, shard_size, compress
+        commands = state.stored.get("commands", []) + ([command] if command else [])
+        self.record = {**settings, "command": command, "commands": commands, "versions": _versions(), "run": run_info,
+                       "vllm_python": vllm_python}  # the settings file, less the progress
+        shards = state.shards
+        self.buffer = shards[-1] if shards and len(shards[-1]) < shard_size else []
+        self.shard_k = len(shards) - 1 if self.buffer else len(shards)
+        self.listed = state.stored.get("progress", {}).get("shards", [])[:self.shard_k]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.listed) + bool(self.buffer)
+
+    def _write_buffer(self) -> dict:
+        text = _rows_text(self.buffer)
+        _write_shard(os.path.join(self.out_dir, shard_name(self.shard_k, self.compress)), text, self.compress)
+        return {"file": shard_name(self.shard_k, self.compress), "rows": len(self.buffer), "sha256": _sha(text)}
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) == self.shard_size:
+            self.listed.append(self._write_buffer())
+            self.buffer, self.shard_k = [], self.shard_k + 1
+
+    def save(self, cursor: int, stats: dict, complete: bool) -> None:
+        entries = list(self.listed) + ([self._write_buffer()] if self.buffer else [])
+        progress = {"next_index": cursor, "shards": entries, "stats": stats, "complete": complete}
+        write_json(settings_path(self.out_dir), {**self.record, "progress": progress}, indent=2)
+
+
+def _take(cand: Any, stats: dict, dedup: _Dedup, *, answers: bool, turns: int) -> dict | None:
+    """The output row of candidate ``cand``, or ``None`` when it is dropped (the reason counted in ``stats``)."""
+    stats["candidates"] += 1
+    reason = cand.dropped if cand.dropped is not None else dedup.check_and_add(cand.messages)
+    if reason is not None:
+        stats["dropped"][reason] = stats["dropped"].get(reason, 0) + 1
+        return None
+    if cand.followup_dropped is not None:
+        fd = stats["followups_dropped"]
+        fd[cand.followup_dropped] = fd.get(cand.followup_dropped, 0) + 1
+    if answers and cand.user_turns < turns:
+        stats["turns_cut"] += 1
+    stats["answers_truncated"] += cand.reasons.count("length")
+    row = {"messages": cand.messages, "synth_index": cand.index}
+    if answers:
+        row["finish_reasons"] = cand.reasons
+    stats["kept"] += 1
+    return row
+
+
+def _synthesize_rows(synth: Any, writer: _ShardWriter, dedup: _Dedup, stats: dict, result: dict, *, cursor: int,
+                     kept: int, num_prompts: int, max_candidates: int, batch_size: int, answers: bool, turns: int,
+                     show_progress: bool) -> None:
+    """Generate candidates batch by batch from ``cursor`` until ``num_prompts`` rows are kept or ``max_candidates``
+    are spent, saving the progress after every batch; ``result`` gets the rows kept and why the run stopped."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=num_prompts, initial=kept, desc="synthesize", unit="prompt", disable=not show_progress)
-    with _open_engine(engine_name, target, tokenizer, pad_id=pad_id, seed=seed, vllm_python=python) as eng:
-        synth = _Synthesizer(eng, tokenizer, stop_ids=set(stop_ids), special_ids=_special_ids(tokenizer),
-                             first_prefix=first_prefix, system=system, turns=turns, answers=answers,
-                             temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens,
-                             max_new_tokens=max_new_tokens, filters=filters, leaks=leaks)
-        save(False)
-        start = cursor - cursor % batch_size  # a resumed batch restarts at its boundary (same RNG stream)
-        while kept < num_prompts and cursor < max_candidates:
-            batch = synth.run_batch(range(start, min(start + batch_size, max_candidates)), stats)
-            for cand in batch:
-                if cand.index < cursor:  # decided before the interruption
-                    continue
-                cursor = cand.index + 1
-                stats["candidates"] += 1
-                reason = cand.dropped
-                if reason is None:
-                    first = _first_user(cand.messages)
-                    h = text_hash(first)
-                    sig = hasher.signature(first)
-                    if h in seen:
-                        reason = "exact_duplicate"
-                    elif near.query(sig) is not None:
-                        reason = "near_duplicate"
-                    else:
-                        seen.add(h)
-                        near.add(sig, first)
-                if reason is not None:
-                    stats["dropped"][reason] = stats["dropped"].get(reason, 0) + 1
-                    continue
-                if cand.followup_dropped is not None:
-                    fd = stats["followups_dropped"]
-                    fd[cand.followup_dropped] = fd.get(cand.followup_dropped, 0) + 1
-                if answers and cand.user_turns < turns:
-                    stats["turns_cut"] += 1
-                stats["answers_truncated"] += cand.reasons.count("length")
-                row = {"messages": cand.messages, "synth_index": cand.index}
-                if answers:
-                    row["finish_reasons"] = cand.reasons
-                buffer.append(row)
-                kept += 1
-                stats["kept"] += 1
-                result["new_rows"] += 1
-                bar.update(1)
-                if len(buffer) == shard_size:
-                    text = _rows_text(buffer)
-                    _write_shard(os.path.join(out_dir, shard_name(shard_k, compress)), text, compress)
-                    listed.append({"file": shard_name(shard_k, compress), "rows": len(buffer), "sha256": _sha(text)})
-                    buffer, shard_k = [], shard_k + 1
-                if kept >= num_prompts:
-                    break
-            start += batch_size
-            save(False)
-            tokens = stats["prompt_tokens"] + stats["answer_tokens"]
-            spent = stats["prompt_seconds"] + stats["answer_seconds"]
-            bar.set_postfix(candidates=stats["candidates"], kept=f"{stats['kept'] / max(stats['candidates'], 1):.0%}",
-                            tok_s=f"{tokens / max(spent, 1e-9):.0f}")
-        save(kept >= num_prompts)
+    writer.save(cursor, stats, False)
+    start = cursor - cursor % batch_size  # a resumed batch restarts at its boundary (same RNG stream)
+    while kept < num_prompts and cursor < max_candidates:
+        for cand in synth.run_batch(range(start, min(start + batch_size, max_candidates)), stats):
+            if cand.index < cursor:  # decided before the interruption
+                continue
+            cursor = cand.index + 1
+            row = _take(cand, stats, dedup, answers=answers, turns=turns)
+            if row is None:
+                continue
+            writer.add(row)
+            kept += 1
+            result["new_rows"] += 1
+            bar.update(1)
+            if kept >= num_prompts:
+                break
+        start += batch_size
+        writer.save(cursor, stats, False)
+        tokens = stats["prompt_tokens"] + stats["answer_tokens"]
+        spent = stats["prompt_seconds"] + stats["answer_seconds"]
+        bar.set_postfix(candidates=stats["candidates"], kept=f"{stats['kept'] / max(stats['candidates'], 1):.0%}",
+                        tok_s=f"{tokens / max(spent, 1e-9):.0f}")
+    writer.save(cursor, stats, kept >= num_prompts)
     bar.close()
-    result.update(rows=kept, seconds=time.perf_counter() - t_start,
-                  stopped="done" if kept >= num_prompts else "max_candidates")
-    return {**stats, **result, "shards": len(listed) + bool(buffer)}
+    result.update(rows=kept, stopped="done" if kept >= num_prompts else "max_candidates")

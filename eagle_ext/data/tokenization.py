@@ -231,6 +231,41 @@ def tokenized_cache_path(cache_dir: str | os.PathLike, fingerprint: str) -> str:
     return os.path.join(os.fspath(cache_dir), f"tokenized-{fingerprint[:24]}")
 
 
+def _tokenize_rows(source, renderer: ChatTokenizer, fingerprint: str, *, num_proc: int | None,
+                   batch_size: int, show_progress: bool) -> TokenizedChats:
+    """Render and tokenise every row of ``source`` with ``datasets.map`` (``num_proc`` processes; ``None``: several
+    for large sources), then keep the usable rows and count the skipped ones by reason (with the first row index
+    and detail of each reason)."""
+    rows = source.dataset
+    if num_proc is None:
+        num_proc = min(8, os.cpu_count() or 1) if len(rows) >= _AUTO_PARALLEL_ROWS else 1
+    with _progress_bars(show_progress):
+        mapped = rows.map(
+            _TokenizeBatch(renderer),
+            batched=True,
+            batch_size=batch_size,
+            with_indices=True,
+            remove_columns=rows.column_names,
+            features=_features(),
+            num_proc=num_proc if num_proc > 1 and len(rows) > 1 else None,
+            new_fingerprint=fingerprint[:32],  # skip hashing the tokenizer-holding transform
+            desc=f"tokenising {source.description}",
+        )
+    status = mapped.select_columns(["row_index", "skip_reason", "skip_detail"]).with_format("arrow")[:]
+    reasons = status.column("skip_reason").to_numpy(zero_copy_only=False)
+    keep = np.flatnonzero(reasons == "")
+    skipped = Counter(r for r in reasons if r)
+    examples = {}
+    for reason in skipped:
+        first = int(np.flatnonzero(reasons == reason)[0])
+        examples[reason] = (
+            status.column("row_index")[first].as_py(),
+            status.column("skip_detail")[first].as_py(),
+        )
+    usable = mapped.select(keep).remove_columns(["skip_reason", "skip_detail"])
+    return TokenizedChats(usable, fingerprint, len(rows), dict(skipped), examples)
+
+
 def tokenize_chat_dataset(
     data_path,
     tokenizer,
@@ -282,41 +317,16 @@ def tokenize_chat_dataset(
         logger.info("loaded tokenised data from %s: %s", cache_path, cached.summary())
         return cached
 
-    rows = source.dataset
-    if num_proc is None:
-        num_proc = min(8, os.cpu_count() or 1) if len(rows) >= _AUTO_PARALLEL_ROWS else 1
-    with _progress_bars(show_progress):
-        mapped = rows.map(
-            _TokenizeBatch(renderer),
-            batched=True,
-            batch_size=batch_size,
-            with_indices=True,
-            remove_columns=rows.column_names,
-            features=_features(),
-            num_proc=num_proc if num_proc > 1 and len(rows) > 1 else None,
-            new_fingerprint=fingerprint[:32],  # skip hashing the tokenizer-holding transform
-            desc=f"tokenising {source.description}",
-        )
-    status = mapped.select_columns(["row_index", "skip_reason", "skip_detail"]).with_format("arrow")[:]
-    reasons = status.column("skip_reason").to_numpy(zero_copy_only=False)
-    keep = np.flatnonzero(reasons == "")
-    skipped = Counter(r for r in reasons if r)
-    examples = {}
-    for reason in skipped:
-        first = int(np.flatnonzero(reasons == reason)[0])
-        examples[reason] = (
-            status.column("row_index")[first].as_py(),
-            status.column("skip_detail")[first].as_py(),
-        )
-    usable = mapped.select(keep).remove_columns(["skip_reason", "skip_detail"])
-    result = TokenizedChats(usable, fingerprint, len(rows), dict(skipped), examples)
+    result = _tokenize_rows(source, renderer, fingerprint, num_proc=num_proc, batch_size=batch_size,
+                            show_progress=show_progress)
+    usable = result.dataset
     if len(usable) == 0:
         raise ValueError(
             f"no usable chat rows in {source.description} (split={split!r}): {result.summary()}. Rows need a "
             "'messages' (OpenAI) or 'conversations' (ShareGPT) list with at least one assistant turn that the "
             "chat template renders."
         )
-    noteworthy = set(skipped) - {"blank_line"}
+    noteworthy = set(result.skipped) - {"blank_line"}
     (logger.warning if noteworthy else logger.info)("tokenised %s: %s", source.description, result.summary())
     if cache_path is not None:
         with _progress_bars(show_progress):

@@ -451,7 +451,7 @@ def load_or_build_eagle3_token_mapping(
     """:func:`build_eagle3_token_mapping`, reusing a valid cache at ``cache_path`` and writing one otherwise.
 
     The cache key is :func:`token_mapping_fingerprint` of ``fingerprint`` -- or, when that is ``None``, of
-    ``dataloader.data_fingerprint`` (set by :func:`eagle_ext.data.build_eagle3_dataloader`; it covers the
+    ``dataloader.data_fingerprint`` (set by :func:`eagle_ext.data.build_dataloader`; it covers the
     data, tokenizer, chat template, mask options and truncation) -- with the sizes and special ids. Without
     either, no fingerprint is checked. Rank 0 reads the cache and broadcasts (see above); after a build,
     rank 0 (or the only process) writes it. The identity case never touches the cache.

@@ -3,10 +3,13 @@ pipeline (a leaf: it imports nothing heavy)."""
 
 from __future__ import annotations
 
+from eagle_ext._checks import check_int
+from eagle_ext.algorithms import ALGORITHM_NAMES
+
 __all__ = ["ALGORITHMS", "DTYPES", "TARGETS", "check_demo_args", "demo_threads"]
 
 TARGETS = ("smollm2", "tiny")
-ALGORITHMS = ("eagle3", "peagle")
+ALGORITHMS = ALGORITHM_NAMES  # the registry's (eagle_ext.algorithms imports nothing)
 #: --dtype (SmolLM2 evaluation) -> torch dtype name
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 #: torch intra-op threads by target when neither --threads nor OMP_NUM_THREADS says (None: torch's default, one per
@@ -25,9 +28,7 @@ def demo_threads(target: str, threads: int | None = None, environ: dict | None =
     import os
 
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"--threads must be an int >= 1, got {threads!r}")
-        return threads
+        return check_int("--threads", threads, 1)
     if (environ if environ is not None else os.environ).get("OMP_NUM_THREADS"):
         return None
     return DEFAULT_THREADS.get(target)
@@ -51,8 +52,8 @@ def check_demo_args(target: str = "smollm2", *, algorithm: str | None = None, li
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     sizes = {"--live-steps": (live_steps, 1), "--num-prompts": (num_prompts, 1), "--max-new-tokens": (max_new_tokens, 2)}
     for name, (value, minimum) in sizes.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if value is not None:
+            check_int(name, value, minimum)
     if target == "tiny":
         given = [name for name, value in (("--algorithm", algorithm), ("--dtype", dtype),
                                           *((n, v) for n, (v, _) in sizes.items())) if value is not None]

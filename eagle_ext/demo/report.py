@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from eagle_ext.algorithms import REGISTRY
 from eagle_ext.serve.speculative import lossless_label
 from eagle_ext.train.reporting import format_table, read_metrics, save_figure
 
@@ -36,7 +37,8 @@ PER_K_FIELDS: dict[str, tuple[type, ...]] = {
     "tau": (float,), "per_position_acceptance": (list,), "target_tokens_per_s": (float,),
     "speculative_tokens_per_s": (float,), "speedup": (float,), "lossless": (bool,),
 }
-ALGORITHM_TITLES = {"eagle3": "EAGLE-3", "peagle": "P-EAGLE"}
+#: algorithm -> how tables print it (the registry's labels)
+ALGORITHM_TITLES = {name: spec.label for name, spec in REGISTRY.items()}
 
 
 def by_k(eval_report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -230,38 +230,30 @@ def evaluate_drafts(cfg: SmolLM2DemoConfig, target_path: str, drafts: dict[str, 
         its export ``format``; ``reports`` one evaluator report per draft name.
 
     Raises:
-        ValueError: the drafts read different target layers (one target capture serves them all).
+        ValueError: as :func:`eagle_ext.serve.session.load_speculative_session` (e.g. the drafts read different
+            target layers: one target capture serves them all).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from eagle_ext._hf import dtype_kwargs
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts, stop_token_ids
-    from eagle_ext.serve.export import load_exported_draft
-    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_drafters
+    from eagle_ext.serve.prompts import load_prompts, render_prompts, stop_token_ids
+    from eagle_ext.serve.session import load_speculative_session
+    from eagle_ext.serve.speculative import evaluate_drafters
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, DTYPES[cfg.dtype])
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     prompts = render_prompts(tokenizer, load_prompts(prompts_path))
-    model = AutoModelForCausalLM.from_pretrained(target_path, **dtype_kwargs(dtype)).to(device)
-    embed = model.get_input_embeddings().weight
-    exported = {name: load_exported_draft(path, embed_tokens=embed) for name, path in drafts.items()}
-    aux = {name: e.aux_layer_ids for name, e in exported.items()}
-    if len({tuple(ids) for ids in aux.values()}) != 1:
-        raise ValueError(f"the drafts read different target layers {aux}; one evaluation needs the same aux layers")
-    runner = TargetRunner(model, next(iter(aux.values())))
-    drafters = {name: build_drafter(e.draft.to(device=device, dtype=dtype), mask_token_id=e.mask_token_id)
-                for name, e in exported.items()}
+    session = load_speculative_session(target_path, drafts, device=device, dtype=DTYPES[cfg.dtype])
+    drafters, exported = session.drafters, session.exports
     print(f"decoding {len(prompts)} prompts target-only and with {' and '.join(drafters)} drafts at K = "
           f"{', '.join(map(str, cfg.num_draft_tokens))} ({DTYPES[cfg.dtype]}, {device}, "
           f"{torch.get_num_threads()} threads)", flush=True)
-    reports = evaluate_drafters(runner, drafters, prompts, num_draft_tokens=list(cfg.num_draft_tokens),
+    reports = evaluate_drafters(session.runner, drafters, prompts, num_draft_tokens=list(cfg.num_draft_tokens),
                                 max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=0,
-                                stop_token_ids=stop_token_ids(tokenizer, model), progress=cfg.show_progress)
+                                stop_token_ids=stop_token_ids(tokenizer, session.model), progress=cfg.show_progress)
     for name, report in reports.items():
         report["settings"].update({"target": target_path, "draft": drafts[name], "prompts": prompts_path,
-                                   "format": exported[name].format, "aux_layer_ids": aux[name],
+                                   "format": exported[name].format, "aux_layer_ids": session.aux_layer_ids,
                                    "dtype": DTYPES[cfg.dtype]})
     context = {"device": str(device), "dtype": DTYPES[cfg.dtype], "threads": torch.get_num_threads(),
                "formats": {name: e.format for name, e in exported.items()}}
@@ -275,7 +267,7 @@ def evaluate_drafts_in_vllm(cfg: SmolLM2DemoConfig, target_path: str, drafts: di
     from transformers import AutoTokenizer
 
     from eagle_ext.engines.vllm import VllmUnavailable, find_vllm_python
-    from eagle_ext.serve.eval_cli import load_prompts, render_prompts, target_stop_token_ids
+    from eagle_ext.serve.prompts import load_prompts, render_prompts, target_stop_token_ids
     from eagle_ext.serve.vllm_eval import evaluate_vllm
 
     try:

@@ -3,10 +3,10 @@ downloaded and nothing to install (the quick, self-contained variant of the Smol
 
 In the order it runs (every step seeded: two runs with the same thread count print the same numbers):
 
-1. a synthetic chat corpus (:mod:`eagle_ext.demo.corpus`) written as JSONL, plus a held-out eval split;
-2. a word-level tokenizer with a ChatML template (:mod:`eagle_ext.demo.tokenizer`);
-3. a tiny Llama target pre-trained on packed rows of the corpus, cached in the output directory
-   (:mod:`eagle_ext.demo.target`);
+1. a synthetic chat corpus (:mod:`eagle_ext.testing.corpus`) written as JSONL, plus a held-out eval split;
+2. a word-level tokenizer with a ChatML template (:mod:`eagle_ext.testing.tokenizer`);
+3. a tiny Llama target (:mod:`eagle_ext.testing.target`) pre-trained on packed rows of the corpus, cached in the
+   output directory (:mod:`eagle_ext.demo.target_cache`);
 4. EAGLE-3: the training recipe (``eagle-ext train`` on ``eagle_ext/configs/tiny_cpu_eagle3.yaml``, sized by
    :class:`DemoConfig`): packed best-fit rows, the draft vocabulary, target capture, a one-layer draft trained
    with ``ttt_steps`` TTT steps, held-out eval before and after, a checkpoint;
@@ -25,18 +25,26 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from eagle_ext._io import write_json
-from eagle_ext.data import build_eagle3_dataloader
+from eagle_ext.algorithms import ALGORITHM_NAMES, algorithm_spec
+from eagle_ext.data import build_dataloader
 from eagle_ext.data.fingerprint import digest
-from eagle_ext.demo.corpus import chat_conversations, corpus_words, write_jsonl
-from eagle_ext.demo.target import demo_target_config, evaluate_target, load_or_pretrain_target
-from eagle_ext.demo.tokenizer import MASK_TOKEN, build_demo_tokenizer
+from eagle_ext.demo.target_cache import load_or_pretrain_target
+from eagle_ext.testing import (
+    MASK_TOKEN,
+    build_word_tokenizer,
+    chat_conversations,
+    corpus_words,
+    evaluate_target,
+    forever,
+    tiny_target_config,
+    write_jsonl,
+)
 from eagle_ext.train.config import load_config
 from eagle_ext.train.loop import run_training
 from eagle_ext.train.reporting import format_table, plot_curves, read_metrics
@@ -104,26 +112,17 @@ def _file_sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def forever(loader) -> Iterator[dict]:
-    """Batches of ``loader`` epoch after epoch, reshuffled per epoch."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def prepare_data(cfg: DemoConfig, out: str) -> DemoData:
     """Write the corpus, build the tokenizer and every dataloader the phases read."""
     rows = chat_conversations(cfg.num_conversations + cfg.eval_conversations, seed=cfg.seed)
     train_path, eval_path = os.path.join(out, "data", "train.jsonl"), os.path.join(out, "data", "eval.jsonl")
     write_jsonl(train_path, rows[: cfg.num_conversations])
     write_jsonl(eval_path, rows[cfg.num_conversations:])
-    tokenizer = build_demo_tokenizer(corpus_words())
+    tokenizer = build_word_tokenizer(corpus_words())
     common = {"cache_dir": os.path.join(out, "cache"), "show_progress": False, "shuffle_seed": cfg.seed}
 
     def loader(path, batch_size, packed, shuffle=True):
-        return build_eagle3_dataloader(
+        return build_dataloader(
             path, tokenizer, cfg.seq_length, batch_size, shuffle=shuffle,
             packed_sequence_size=cfg.packed_width if packed else 0, packing_strategy="best_fit", **common,
         )
@@ -143,13 +142,21 @@ def prepare_data(cfg: DemoConfig, out: str) -> DemoData:
 
 
 TINY_CONFIGS = {a: os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"tiny_cpu_{a}.yaml")
-                for a in ("eagle3", "peagle")}
+                for a in ALGORITHM_NAMES}
 
 
 def recipe_overrides(cfg: DemoConfig, out: str, algorithm: str, mask_token_id: int) -> list[str]:
     """Dotted overrides that point eagle_ext/configs/tiny_cpu_<algorithm>.yaml at this demo's target and data and
-    size the run from ``cfg``."""
-    common = [
+    size the run from ``cfg``.
+
+    What differs between algorithms comes from the registry (:func:`eagle_ext.algorithms.algorithm_spec`): packed
+    rows where the algorithm packs (else padded rows of ``seq_length``), its depth knob (``ttt_steps`` /
+    ``num_depths``, the :class:`DemoConfig` field of that name), and for a parallel drafter its layers, sequence
+    partitions and mask token. Steps and learning rate are the ``<algorithm>_steps`` / ``<algorithm>_lr`` fields.
+    """
+    spec = algorithm_spec(algorithm)
+    section = spec.config_section
+    overrides = [
         f"output_dir={os.path.join(out, algorithm)}", f"target.name_or_path={os.path.join(out, 'target')}",
         f"target.aux_layer_ids={list(cfg.aux_layer_ids)}", f"data.train_path={os.path.join(out, 'data', 'train.jsonl')}",
         f"data.eval_path={os.path.join(out, 'data', 'eval.jsonl')}", f"data.cache_dir={os.path.join(out, 'cache')}",
@@ -157,13 +164,16 @@ def recipe_overrides(cfg: DemoConfig, out: str, algorithm: str, mask_token_id: i
         f"train.eval_batches={cfg.eval_batches}", "train.eval_at_start=true", f"train.progress={cfg.show_progress}",
         "train.tensorboard=false", "checkpoint.every_steps=null", "checkpoint.keep=1", "optim.warmup_ratio=0.1",
     ]
-    if algorithm == "eagle3":
-        return [*common, f"data.packed_sequence_size={cfg.packed_width}", f"train.micro_batch_size={cfg.packed_batch_size}",
-                f"train.max_steps={cfg.eagle3_steps}", f"optim.lr={cfg.eagle3_lr}", f"eagle3.ttt_steps={cfg.ttt_steps}"]
-    return [*common, f"data.seq_length={cfg.seq_length}", f"train.micro_batch_size={cfg.peagle_batch_size}",
-            f"train.max_steps={cfg.peagle_steps}", f"optim.lr={cfg.peagle_lr}", f"peagle.num_depths={cfg.num_depths}",
-            f"peagle.num_draft_layers={cfg.peagle_layers}", f"peagle.sequence_partitions={cfg.sequence_partitions}",
-            f"peagle.mask_token_id={mask_token_id}"]
+    if spec.packing:
+        overrides += [f"data.packed_sequence_size={cfg.packed_width}", f"train.micro_batch_size={cfg.packed_batch_size}"]
+    else:
+        overrides += [f"data.seq_length={cfg.seq_length}", f"train.micro_batch_size={cfg.peagle_batch_size}"]
+    overrides += [f"train.max_steps={getattr(cfg, f'{spec.name}_steps')}", f"optim.lr={getattr(cfg, f'{spec.name}_lr')}",
+                  f"{section}.{spec.depth_key}={getattr(cfg, spec.depth_key)}"]
+    if spec.parallel_drafting:
+        overrides += [f"{section}.num_draft_layers={cfg.peagle_layers}",
+                      f"{section}.sequence_partitions={cfg.sequence_partitions}", f"{section}.mask_token_id={mask_token_id}"]
+    return overrides
 
 
 def train_draft(cfg: DemoConfig, out: str, algorithm: str, mask_token_id: int) -> tuple[str, dict, dict]:
@@ -201,7 +211,7 @@ def run_pipeline(cfg: DemoConfig, output_dir: str) -> dict:
           f"tokenizer: {vocab} words; {data.train_packed.stats['num_rows']} packed rows of {cfg.packed_width} "
           f"(padding {100 * data.train_packed.stats['padding_fraction']:.1f}%) {lap('data')}")
 
-    config = demo_target_config(vocab, hidden_size=cfg.target_hidden_size, num_hidden_layers=cfg.target_layers)
+    config = tiny_target_config(vocab, hidden_size=cfg.target_hidden_size, num_hidden_layers=cfg.target_layers)
     model, info = load_or_pretrain_target(
         os.path.join(out, "target"), config, forever(data.train_packed), steps=cfg.target_steps, lr=cfg.target_lr,
         data_key=data.data_key, tokenizer=data.tokenizer, seed=cfg.seed, show_progress=cfg.show_progress,

@@ -8,6 +8,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from eagle_ext._checks import check_int, is_int
 from eagle_ext.offline.manifest import cache_dtype
 
 __all__ = ["PrecomputeOptions", "validate_precompute_options"]
@@ -47,11 +48,6 @@ class PrecomputeOptions:
     show_progress: bool = True
 
 
-def _check_int(name: str, flag: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} ({flag}) must be an int >= {minimum}, got {value!r}")
-
-
 def _check_source(name: str, flag: str, value: Any, *, model: bool) -> None:
     """A local path that exists, or (when it does not) an HF hub id ``owner/name``."""
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
@@ -89,24 +85,24 @@ def validate_precompute_options(opts: PrecomputeOptions) -> PrecomputeOptions:
         FileNotFoundError: ``input_data`` / ``target_model`` / ``tokenizer`` neither an existing path nor an HF
             hub id, or a model directory without ``config.json``.
     """
-    _check_int("seq_length", "--seq-length", opts.seq_length, 2)
-    _check_int("batch_size", "--batch-size", opts.batch_size, 1)
-    _check_int("shard_size", "--shard-size", opts.shard_size, 1)
+    check_int("seq_length", opts.seq_length, 2, flag="--seq-length")
+    check_int("batch_size", opts.batch_size, 1, flag="--batch-size")
+    check_int("shard_size", opts.shard_size, 1, flag="--shard-size")
     if opts.shard_size % opts.batch_size:
         raise ValueError(
             f"shard_size (--shard-size) must be a multiple of batch_size (--batch-size) so that no batch spans two "
             f"shards, got shard_size={opts.shard_size}, batch_size={opts.batch_size}"
         )
     if opts.draft_vocab_size is not None:
-        _check_int("draft_vocab_size", "--draft-vocab-size", opts.draft_vocab_size, 1)
-    _check_int("target_probs_topk", "--target-probs-topk", opts.target_probs_topk, 0)
-    _check_int("num_workers", "--num-workers", opts.num_workers, 0)
-    if isinstance(opts.shuffle_seed, bool) or not isinstance(opts.shuffle_seed, int):
+        check_int("draft_vocab_size", opts.draft_vocab_size, 1, flag="--draft-vocab-size")
+    check_int("target_probs_topk", opts.target_probs_topk, 0, flag="--target-probs-topk")
+    check_int("num_workers", opts.num_workers, 0, flag="--num-workers")
+    if not is_int(opts.shuffle_seed):
         raise ValueError(f"shuffle_seed (--shuffle-seed) must be an int, got {opts.shuffle_seed!r}")
     cache_dtype(opts.dtype)  # raises on an unknown name
     if opts.aux_layer_ids is not None:
         ids = list(opts.aux_layer_ids)
-        if len(ids) != 3 or len(set(ids)) != 3 or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        if len(ids) != 3 or len(set(ids)) != 3 or any(not is_int(i, 0) for i in ids):
             raise ValueError(f"aux_layer_ids (--aux-layer-ids) must be 3 distinct ints >= 0, got {opts.aux_layer_ids!r}")
     if opts.token_map is not None:
         from eagle_ext.offline.manifest import MANIFEST_FILE

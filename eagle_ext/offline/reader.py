@@ -188,7 +188,7 @@ def build_cached_dataloader(
 ):
     """The training dataloader of an offline cache.
 
-    Sampling follows :func:`eagle_ext.data.build_eagle3_dataloader`: a
+    Sampling follows :func:`eagle_ext.data.build_dataloader`: a
     :class:`~eagle_ext.data.loader.SeededShuffleSampler` (seeded with ``shuffle_seed + epoch``), or with
     ``distributed`` a ``DistributedSampler`` over ``dp_mesh`` (when given) or the whole world; call
     ``loader.set_epoch(epoch)`` once per epoch.
@@ -196,7 +196,7 @@ def build_cached_dataloader(
     Args:
         cache_dir: written by ``eagle-ext precompute``.
         batch_size: samples per batch (>= 1).
-        shuffle, shuffle_seed, distributed, num_workers, dp_mesh: as in ``build_eagle3_dataloader``.
+        shuffle, shuffle_seed, distributed, num_workers, dp_mesh: as in ``build_dataloader``.
         verify: see :class:`CachedEagle3Dataset` (``"full"`` hashes the whole cache once before training).
 
     Returns:
@@ -210,10 +210,11 @@ def build_cached_dataloader(
         ValueError: ``batch_size`` < 1, ``num_workers`` < 0, ``distributed`` without a process group or mesh;
             the errors of :class:`CachedEagle3Dataset`.
     """
-    from eagle_ext.data.loader import Eagle3DataLoader, SeededShuffleSampler, _check_int
+    from eagle_ext._checks import check_int
+    from eagle_ext.data.loader import Eagle3DataLoader, SeededShuffleSampler
 
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
     initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and dp_mesh is None and not initialised:
         raise ValueError("distributed=True needs an initialised torch.distributed process group or a dp_mesh")

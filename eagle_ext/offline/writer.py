@@ -5,7 +5,7 @@ In the order it runs (:func:`precompute_cache`):
 1. every option is validated (sizes, dtype, paths, device) and the output directory checked (existing
    shards without ``resume`` are an error) before anything is loaded;
 2. the target's tokenizer and config; the padded, **unshuffled** dataloader
-   (:func:`eagle_ext.data.build_eagle3_dataloader`); the draft vocabulary
+   (:func:`eagle_ext.data.build_dataloader`); the draft vocabulary
    (:func:`eagle_ext.data.load_or_build_eagle3_token_mapping`, cached in the output directory);
 3. the manifest (:func:`eagle_ext.offline.manifest.build_manifest`); with ``resume`` it must equal the recorded
    one, else the run stops listing the differing fields;
@@ -243,7 +243,7 @@ def precompute_cache(**options: Any) -> dict[str, Any]:
 
     from eagle_ext._hf import dtype_kwargs
     from eagle_ext._io import write_json
-    from eagle_ext.data.loader import build_eagle3_dataloader
+    from eagle_ext.data.loader import build_dataloader
     from eagle_ext.data.vocab import load_or_build_eagle3_token_mapping, tokenizer_special_ids
     from eagle_ext.models.target import (
         TargetCapture,
@@ -272,7 +272,7 @@ def precompute_cache(**options: Any) -> dict[str, Any]:
     if len(tokenizer) > vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the target's vocab_size {vocab_size}")
 
-    loader = build_eagle3_dataloader(
+    loader = build_dataloader(
         data_source, tokenizer, opts.seq_length, opts.batch_size, shuffle=False, num_workers=0, split=opts.split,
         shuffle_seed=opts.shuffle_seed, mask_reasoning_content=opts.mask_reasoning_content,
         mask_generation_prompt=opts.mask_generation_prompt, show_progress=opts.show_progress and rank == 0,

@@ -14,8 +14,6 @@ _EXPORTS = {
     "PEaglePlan": "eagle_ext.peagle.trainer",
     "PEagleStepMetrics": "eagle_ext.peagle.trainer",
     "run_partitioned_step": "eagle_ext.peagle.trainer",
-    "CODIndexedDataset": "eagle_ext.peagle.workers",
-    "collate_with_cod_indices": "eagle_ext.peagle.workers",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

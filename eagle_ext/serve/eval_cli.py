@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 from eagle_ext._paths import looks_like_local_path
+from eagle_ext.serve.prompts import load_prompts, render_prompts, target_stop_token_ids
 
 #: --dtype choice -> torch dtype name ("auto": bf16 on CUDA, fp32 on CPU)
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -131,66 +132,6 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError("--device cuda, but no CUDA device is available")
 
 
-def load_prompts(path: str, max_prompts: int | None = None) -> list[list[dict]]:
-    """Read a prompt file into conversations (lists of OpenAI messages ending in a non-assistant turn).
-
-    In a ``.txt`` file each non-blank line is a user message. Otherwise (JSON Lines) each non-blank line is a
-    JSON string (a user message), ``{"prompt": str}`` (a user message, with an optional ``system`` string) or a
-    chat row (``messages`` / ``conversations``, normalised by
-    :func:`eagle_ext.data.chat.normalize_messages`; trailing assistant turns are dropped).
-
-    Raises:
-        ValueError: a line that is not one of these (the message names the file and line), or no prompt.
-    """
-    from eagle_ext.data.chat import SkippedRow, normalize_messages
-
-    conversations: list[list[dict]] = []
-    plain_text = path.lower().endswith(".txt")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"--prompts {path!r} line {lineno}"
-            if plain_text:  # one prompt per line
-                row = line.rstrip("\r\n")
-            else:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"{where}: invalid JSON ({exc}); expected JSON Lines, each line a JSON string, "
-                        '{"prompt": "..."} or a chat row {"messages": [...]}; for plain text, one prompt per line, '
-                        "name the file *.txt") from None
-            if isinstance(row, str):
-                row = {"prompt": row}
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON string or object, got {type(row).__name__}")
-            if isinstance(row.get("prompt"), str):
-                messages = [{"role": "user", "content": row["prompt"]}]
-                if isinstance(row.get("system"), str) and row["system"].strip():
-                    messages.insert(0, {"role": "system", "content": row["system"]})
-            else:
-                raw = next((row[k] for k in ("messages", "conversations", "conversation") if row.get(k) is not None),
-                           None)
-                if raw is None:
-                    raise ValueError(f"{where}: expected a \"prompt\" string or a \"messages\" list, got fields "
-                                     f"{sorted(row)}")
-                try:
-                    messages = normalize_messages(raw)
-                except SkippedRow as exc:
-                    raise ValueError(f"{where}: {exc}") from None
-                while messages and messages[-1]["role"] == "assistant":
-                    messages.pop()
-                if not messages:
-                    raise ValueError(f"{where}: the conversation holds only assistant turns; nothing to answer")
-            conversations.append(messages)
-            if max_prompts is not None and len(conversations) >= max_prompts:
-                break
-    if not conversations:
-        raise ValueError(f"--prompts {path!r} holds no prompt")
-    return conversations
-
-
 def _same_target(recorded: str, given: str) -> bool:
     if recorded == given:
         return True
@@ -283,38 +224,6 @@ def add_generated_text(report: dict[str, Any], tokenizer: Any) -> None:
                 summary["text"] = tokenizer.decode(summary["tokens"], skip_special_tokens=False)
 
 
-def render_prompts(tokenizer: Any, conversations: list[list[dict]]) -> list[list[int]]:
-    """Token ids of each conversation rendered with the tokenizer's chat template and the generation prompt.
-
-    Raises:
-        ValueError: the tokenizer has no chat template, or a conversation renders to no token.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the target tokenizer ({getattr(tokenizer, 'name_or_path', '')!r}) has no chat template")
-    prompts = []
-    for i, messages in enumerate(conversations):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The template writes any BOS itself; the tokenizer must not add a second one.
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"prompt {i} renders to no token")
-        prompts.append(list(ids))
-    return prompts
-
-
-def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """The ids that end a reply: the tokenizer's EOS and the model's ``generation_config.eos_token_id`` (int or
-    list), sorted and deduplicated."""
-    ids = set()
-    for value in (getattr(tokenizer, "eos_token_id", None),
-                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(v for v in value if isinstance(v, int))
-    return sorted(ids)
-
-
 def default_out(draft: str, engine: str) -> str:
     """``<draft's parent>/eval/<draft name>_<engine>.json``: beside the export (``RUN/export/eval/...`` for a
     recipe export), never the working directory."""
@@ -334,16 +243,6 @@ def _resolve_dtype(args: argparse.Namespace) -> tuple[str, str]:
     return device, DTYPES[args.dtype] or ("bfloat16" if device == "cuda" else "float32")
 
 
-def target_stop_token_ids(tokenizer: Any, target: str) -> list[int]:
-    """:func:`stop_token_ids` of the target in directory ``target`` without loading its weights (its saved
-    generation config)."""
-    from types import SimpleNamespace
-
-    from eagle_ext._hf import saved_generation_config
-
-    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=saved_generation_config(target)))
-
-
 def _target_stop_ids(args: argparse.Namespace, tokenizer: Any) -> list[int]:
     return [] if args.ignore_eos else target_stop_token_ids(tokenizer, args.target)
 
@@ -352,31 +251,13 @@ def _run_hf(args: argparse.Namespace, tokenizer: Any, prompts: list[list[int]], 
             device_name: str, dtype_name: str) -> dict[str, Any]:
     """eagle_ext's own decoder; the aux layers come from the export's training record (the ``eagle_ext``
     block) when it has one, so a serving field that disagrees shows up against vLLM (``--engine both``)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from eagle_ext.serve.session import load_speculative_session
+    from eagle_ext.serve.speculative import evaluate_speculative
 
-    from eagle_ext._hf import dtype_kwargs
-    from eagle_ext.serve.export import load_exported_draft
-    from eagle_ext.serve.speculative import TargetRunner, build_drafter, evaluate_speculative
-
-    device, dtype = torch.device(device_name), getattr(torch, dtype_name)
-    model = AutoModelForCausalLM.from_pretrained(args.target, **dtype_kwargs(dtype)).to(device)
-    # Always offered: used only when the export ships no embedding (the engines share the target's then).
-    exported = load_exported_draft(args.draft, embed_tokens=model.get_input_embeddings().weight)
-    draft = exported.draft.to(device=device, dtype=dtype)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    if draft.config.vocab_size != vocab:
-        raise ValueError(f"the draft's vocab_size ({draft.config.vocab_size}) differs from the target's ({vocab}); "
-                         f"--draft {args.draft!r} was not trained for --target {args.target!r}")
-    aux_ids = list(exported.metadata.get("aux_layer_ids") or exported.aux_layer_ids)
-    if aux_ids != list(exported.aux_layer_ids):
-        print(f"warning: --draft {args.draft!r} was trained on aux layers {aux_ids} (its eagle_ext record) but its "
-              f"{exported.format} config names {exported.aux_layer_ids} (eagle_ext convention): engines will "
-              "capture other layers than training did (`eagle-ext export --check` reports it)", file=sys.stderr)
-    runner = TargetRunner(model, aux_ids)
-    drafter = build_drafter(draft, mask_token_id=exported.mask_token_id)
+    session = load_speculative_session(args.target, {"draft": args.draft}, device=device_name, dtype=dtype_name)
+    exported, aux_ids = session.exports["draft"], session.aux_layer_ids
     report = evaluate_speculative(
-        runner, drafter, prompts,
+        session.runner, session.drafters["draft"], prompts,
         num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         seed=args.seed, stop_token_ids=stop_ids, progress=not args.no_progress,
         keep_tokens=getattr(args, "save_text", False),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "shard_target_fsdp", "all_gather_objects", "destroy_distributed"]
+__all__ = ["DistContext", "init_distributed", "shard_target_fsdp", "all_gather_objects"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,6 @@ def init_distributed(device: str = "auto") -> DistContext:
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
-
-
-def destroy_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Synthetic data for the demo and the benchmarks, generated in code (nothing downloaded).
+"""Synthetic data for the tests, the benchmarks and the toy demo, generated in code (nothing downloaded).
 
 - :func:`chat_conversations`: multi-turn chats in OpenAI ``messages`` form whose assistant replies follow
   learnable patterns (counting, repetition, the alphabet, templated facts, small sums), so a tiny target
@@ -16,6 +16,7 @@ import random
 
 import torch
 
+from eagle_ext._checks import check_int
 from eagle_ext._io import atomic_path
 
 __all__ = ["assistant_mask", "chat_conversations", "corpus_words", "lognormal_lengths", "write_jsonl"]
@@ -96,10 +97,8 @@ def chat_conversations(num_conversations: int, seed: int = 0, max_exchanges: int
     Raises:
         ValueError: ``num_conversations`` < 1 or ``max_exchanges`` < 1.
     """
-    if isinstance(num_conversations, bool) or not isinstance(num_conversations, int) or num_conversations < 1:
-        raise ValueError(f"num_conversations must be an int >= 1, got {num_conversations!r}")
-    if isinstance(max_exchanges, bool) or not isinstance(max_exchanges, int) or max_exchanges < 1:
-        raise ValueError(f"max_exchanges must be an int >= 1, got {max_exchanges!r}")
+    check_int("num_conversations", num_conversations, 1)
+    check_int("max_exchanges", max_exchanges, 1)
     rng = random.Random(seed)
     rows = []
     for _ in range(num_conversations):
@@ -117,7 +116,7 @@ def chat_conversations(num_conversations: int, seed: int = 0, max_exchanges: int
 
 
 def corpus_words() -> list[str]:
-    """Every word :func:`chat_conversations` can emit (plus the ChatML role names), sorted: the demo
+    """Every word :func:`chat_conversations` can emit (plus the ChatML role names), sorted: the word
     tokenizer's vocabulary is built from this list, not from a sample, so it never meets an unknown word."""
     words = set(NUMBER_WORDS) | set(LETTERS) | set(DAYS) | set(REPEAT_WORDS) | set(ROLE_WORDS)
     words |= set(CAPITALS) | set(CAPITALS.values())

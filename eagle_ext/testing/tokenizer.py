@@ -1,4 +1,4 @@
-"""The demo tokenizer: word level, built in code from the corpus vocabulary, with a ChatML chat template.
+"""The test tokenizer: word level, built in code from the corpus vocabulary, with a ChatML chat template.
 
 Ids: the special tokens first (``<|pad|>`` 0, ``<|unk|>`` 1, ``<|im_start|>`` 2, ``<|im_end|>`` 3 = eos,
 ``<|mask|>`` 4 = the P-EAGLE mask token, never in the text), then the words in sorted order. Words are split
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CHATML_TEMPLATE", "MASK_TOKEN", "SPECIAL_TOKENS", "build_demo_tokenizer"]
+__all__ = ["CHATML_TEMPLATE", "MASK_TOKEN", "SPECIAL_TOKENS", "build_word_tokenizer"]
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"
 MASK_TOKEN = "<|mask|>"
@@ -25,11 +25,11 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_demo_tokenizer(words: Sequence[str]):
+def build_word_tokenizer(words: Sequence[str]):
     """A ``transformers.PreTrainedTokenizerFast`` over ``SPECIAL_TOKENS + sorted(set(words))``.
 
     Args:
-        words: the vocabulary (e.g. :func:`eagle_ext.demo.corpus.corpus_words`); duplicates are ignored,
+        words: the vocabulary (e.g. :func:`eagle_ext.testing.corpus.corpus_words`); duplicates are ignored,
             the order is not (ids follow the sorted words, so equal word sets give equal tokenizers).
 
     Returns:
