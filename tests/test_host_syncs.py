@@ -23,7 +23,8 @@ from eagle_ext.models.masks import document_ids_from_seq_lens
 from eagle_ext.ops._transfer import to_device_async
 from eagle_ext.peagle import PEagleTrainerModule, run_partitioned_step
 from eagle_ext.peagle.algorithm import host_plan_masks
-from eagle_ext.train import builders, trainer as train_trainer
+from eagle_ext.train import builders
+from eagle_ext.train import trainer as train_trainer
 
 V, VD, H, T, B = 256, 64, 64, 32, 2
 

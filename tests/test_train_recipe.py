@@ -421,8 +421,8 @@ def test_recipe_runs_on_cuda_with_bf16_autocast_and_resumes(tmp_path, tiny, algo
 def test_init_head_from_target_copies_the_draft_vocab_rows(tmp_path, tiny):
     from transformers import AutoModelForCausalLM
 
-    from eagle_ext.train.checkpoint import load_checkpoint_draft, load_token_mapping
     from eagle_ext.train.builders import init_head_from_target
+    from eagle_ext.train.checkpoint import load_checkpoint_draft, load_token_mapping
 
     run = str(tmp_path / "run")
     assert main(["train", "-c", TINY["eagle3"], *tiny(run, "train.max_steps=1", "optim.lr=1e-12",

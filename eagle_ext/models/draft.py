@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from eagle_ext._checks import check_int
 from eagle_ext.models.attention import TTT_ATTENTION_IMPLEMENTATIONS, masked_attention, ttt_attention
 from eagle_ext.models.families import default_draft_shape
 from eagle_ext.models.masks import check_attention_mask, document_ids_from_seq_lens
@@ -216,11 +217,6 @@ def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
 
 def build_draft_config(
     target_config: Any,
@@ -255,14 +251,14 @@ def build_draft_config(
     ``rope_layer_type``'s (default ``"full_attention"``). See :meth:`DraftModel.from_target_config`.
     """
     text = _text_config(target_config)
-    vocab = _check_int("target_config.vocab_size", getattr(text, "vocab_size", None), 1)
+    vocab = check_int("target_config.vocab_size", getattr(text, "vocab_size", None), 1)
     if draft_vocab_size is None:
         draft_vocab_size = vocab
-    _check_int("draft_vocab_size", draft_vocab_size, 1)
+    check_int("draft_vocab_size", draft_vocab_size, 1)
     if draft_vocab_size > vocab:
         raise ValueError(f"draft_vocab_size must be <= the target vocab_size {vocab}, got {draft_vocab_size}")
-    _check_int("num_hidden_layers", num_hidden_layers, 1)
-    _check_int("num_aux_hidden_states", num_aux_hidden_states, 1)
+    check_int("num_hidden_layers", num_hidden_layers, 1)
+    check_int("num_aux_hidden_states", num_aux_hidden_states, 1)
     if not parallel_drafting and num_hidden_layers != 1:
         raise ValueError(
             f"an EAGLE-3 (TTT) draft has exactly one layer; num_hidden_layers={num_hidden_layers} needs "
@@ -286,7 +282,7 @@ def build_draft_config(
               "num_key_value_heads": num_key_value_heads, "head_dim": head_dim}
     for name, value in chosen.items():
         if value is not None:
-            shape[name] = _check_int(name, value, 1)
+            shape[name] = check_int(name, value, 1)
     if num_attention_heads is not None and num_key_value_heads is None:
         shape["num_key_value_heads"] = num_attention_heads if shape["num_attention_heads"] % shape[
             "num_key_value_heads"] else shape["num_key_value_heads"]

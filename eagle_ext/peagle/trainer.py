@@ -46,11 +46,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from eagle_ext._checks import check_int, check_ratio
 from eagle_ext.ops._transfer import to_device_async
 from eagle_ext.ops.cod import assign_cod_segments, generate_cod_sample_indices, resolve_seed
 from eagle_ext.ops.cod_mask import depth_major_order
@@ -117,17 +117,6 @@ class PEaglePlan:
         return len(self.units)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_ratio(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name} must be a float in (0, 1], got {value!r}")
-    return float(value)
-
 
 def row_document_ids(attention_mask_row: torch.Tensor) -> torch.Tensor:
     """int64 ``[L]``: 0 on real tokens, -1 on padding (an unpacked row is one document)."""
@@ -189,14 +178,14 @@ class PEagleTrainerModule(nn.Module):
                 "draft_model has no mask_hidden: build it with parallel_drafting=True "
                 "(DraftModel.from_target_config(..., parallel_drafting=True, mask_token_id=...))"
             )
-        self.num_depths = _check_int("num_depths", num_depths, 1)
-        self.sequence_partitions = _check_int("sequence_partitions", sequence_partitions, 1)
-        self.down_sample_ratio = _check_ratio("down_sample_ratio", down_sample_ratio)
-        self.down_sample_ratio_min = _check_ratio("down_sample_ratio_min", down_sample_ratio_min)
-        self.max_anchors = None if max_anchors is None else _check_int("max_anchors", max_anchors, 1)
-        self.block_size = _check_int("block_size", block_size, 16)
+        self.num_depths = check_int("num_depths", num_depths, 1)
+        self.sequence_partitions = check_int("sequence_partitions", sequence_partitions, 1)
+        self.down_sample_ratio = check_ratio("down_sample_ratio", down_sample_ratio)
+        self.down_sample_ratio_min = check_ratio("down_sample_ratio_min", down_sample_ratio_min)
+        self.max_anchors = None if max_anchors is None else check_int("max_anchors", max_anchors, 1)
+        self.block_size = check_int("block_size", block_size, 16)
         vocab = int(draft_model.config.vocab_size)
-        _check_int("mask_token_id", mask_token_id, 0)
+        check_int("mask_token_id", mask_token_id, 0)
         if mask_token_id >= vocab:
             raise ValueError(f"mask_token_id must be in [0, {vocab}), got {mask_token_id}")
         configured = getattr(draft_model.config, "mask_token_id", None)
@@ -313,7 +302,7 @@ class PEagleTrainerModule(nn.Module):
             attention_mask = torch.ones_like(loss_mask)
         elif tuple(attention_mask.shape) != (b, length):
             raise ValueError(f"attention_mask must have shape [B, L] = {[b, length]}, got {list(attention_mask.shape)}")
-        segments = self.sequence_partitions if num_segments is None else _check_int("num_segments", num_segments, 1)
+        segments = self.sequence_partitions if num_segments is None else check_int("num_segments", num_segments, 1)
         self._check_cod_indices(cod_indices, b)
         supervised_rows, doc_rows = _host_rows(loss_mask, attention_mask)
         units: list[PEagleUnit] = []

@@ -38,7 +38,7 @@ _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
 def save_draft(draft: torch.nn.Module, directory: str | os.PathLike) -> None:
-    """Save an :class:`~eagle_ext.models.Eagle3DraftModel` (weights, ``d2t``/``t2d``, ``mask_hidden``) and its
+    """Save an :class:`~eagle_ext.models.DraftModel` (weights, ``d2t``/``t2d``, ``mask_hidden``) and its
     config to ``directory`` (``model.safetensors`` + ``config.json``), replacing what was there, atomically."""
     from safetensors.torch import save_file
 
@@ -59,7 +59,7 @@ def load_draft(directory: str | os.PathLike):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from eagle_ext.models import Eagle3DraftModel
+    from eagle_ext.models import DraftModel
 
     directory = os.fspath(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -67,7 +67,7 @@ def load_draft(directory: str | os.PathLike):
             raise FileNotFoundError(f"directory {directory!r} has no {name}; expected a draft written by save_draft")
     with open(os.path.join(directory, CONFIG_FILE)) as f:
         config = AutoConfig.for_model(**json.load(f))
-    draft = Eagle3DraftModel(config)
+    draft = DraftModel(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(os.path.join(directory, WEIGHTS_FILE)).items()}
     draft.load_state_dict(state, strict=True)
     return draft

@@ -180,10 +180,10 @@ def export_trained_draft(
 
 def _check_draft_format(draft: Any, format: Any, dtype: Any) -> tuple[ExportFormat, AlgorithmSpec]:  # noqa: A002
     """The format record and algorithm of an export, once the format is known to hold the draft."""
-    from eagle_ext.models.draft import Eagle3DraftModel
+    from eagle_ext.models.draft import DraftModel
 
-    if not isinstance(draft, Eagle3DraftModel):
-        raise TypeError(f"draft must be an eagle_ext Eagle3DraftModel, got {type(draft).__name__}")
+    if not isinstance(draft, DraftModel):
+        raise TypeError(f"draft must be an eagle_ext DraftModel, got {type(draft).__name__}")
     fmt = export_format(format)
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(EXPORT_DTYPES)}, got {dtype!r}")
@@ -291,7 +291,7 @@ def export_draft(
     """Write ``draft`` to ``out_dir`` in a serving format (the directory is replaced atomically).
 
     Args:
-        draft: an :class:`~eagle_ext.models.Eagle3DraftModel` (EAGLE-3, or P-EAGLE when
+        draft: an :class:`~eagle_ext.models.DraftModel` (EAGLE-3, or P-EAGLE when
             ``config.parallel_drafting``); any device and dtype; not modified.
         out_dir: the export directory (``config.json`` + ``model.safetensors``).
         format: ``"speculators"`` (EAGLE-3 or P-EAGLE), ``"sglang"`` (EAGLE-3) or ``"specforge_peagle"``

@@ -25,7 +25,7 @@ class ExportedDraft:
     """What :func:`load_exported_draft` returns.
 
     Attributes:
-        draft: the :class:`~eagle_ext.models.Eagle3DraftModel`, fp32 on CPU, eval mode, loaded strictly.
+        draft: the :class:`~eagle_ext.models.DraftModel`, fp32 on CPU, eval mode, loaded strictly.
         algorithm: ``"eagle3"`` or ``"peagle"``.
         format: ``"speculators"``, ``"sglang"`` or ``"specforge_peagle"``.
         aux_layer_ids: the captured target layers in eagle_ext's convention (0-indexed decoder layers whose
@@ -149,7 +149,7 @@ def _layout(directory: str, config: dict[str, Any], fmt: ExportFormat) -> dict[s
 def _build_draft(config: dict[str, Any], layout: dict[str, Any], spec: Any) -> Any:
     from transformers import LlamaConfig
 
-    from eagle_ext.models.draft import Eagle3DraftModel, build_draft_config
+    from eagle_ext.models.draft import DraftModel, build_draft_config
 
     layer = layout["layer"]
     llama_fields = {k: v for k, v in layer.items() if k not in ("model_type", "architectures", METADATA_KEY)}
@@ -163,7 +163,7 @@ def _build_draft(config: dict[str, Any], layout: dict[str, Any], spec: Any) -> A
     # the export's own biases (each engine's layout may carry attention and MLP biases separately)
     draft_config.attention_bias = bool(layer.get("attention_bias", False))
     draft_config.mlp_bias = bool(layer.get("mlp_bias", False))
-    return Eagle3DraftModel(draft_config)
+    return DraftModel(draft_config)
 
 
 def _draft_state(directory: str, fmt: ExportFormat, draft: Any, embed_tokens: Any) -> dict[str, torch.Tensor]:
@@ -194,7 +194,7 @@ def _draft_state(directory: str, fmt: ExportFormat, draft: Any, embed_tokens: An
 
 
 def load_exported_draft(directory: str | os.PathLike, *, embed_tokens: torch.Tensor | None = None) -> ExportedDraft:
-    """Rebuild an exported draft as an :class:`~eagle_ext.models.Eagle3DraftModel` (fp32, CPU, eval mode).
+    """Rebuild an exported draft as an :class:`~eagle_ext.models.DraftModel` (fp32, CPU, eval mode).
 
     Reads any format :func:`~eagle_ext.serve.export.export_draft` writes (detected from ``config.json``), also
     sharded weights and foreign exports of the same layout. The strict state-dict load fails on a missing or extra

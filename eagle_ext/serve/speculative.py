@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from eagle_ext._checks import check_int
 from eagle_ext.models.attention import masked_attention
 from eagle_ext.models.target import find_decoder_layers
 
@@ -69,11 +70,6 @@ __all__ = [
     "target_decode",
 ]
 
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_temperature(temperature: Any) -> float:
@@ -146,7 +142,7 @@ class TargetRunner:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         cls = _dynamic_cache_class()
         self._cache_takes_config = "config" in inspect.signature(cls.__init__).parameters
-        self.max_rollback = _check_int("max_rollback", max_rollback, 1)
+        self.max_rollback = check_int("max_rollback", max_rollback, 1)
         config = getattr(model, "config", None)
         self.stateful_layer_types = stateful_layer_types(config) if config is not None else []
         can_record = self._cache_takes_config and callable(getattr(cls, "activate_past_recording", None))
@@ -399,12 +395,14 @@ class _DraftModelDrafter:
 
 
 class Eagle3Drafter(_DraftModelDrafter):
-    """EAGLE-3 chain drafting with a single-layer :class:`~eagle_ext.models.Eagle3DraftModel` (see the
+    """EAGLE-3 chain drafting with a single-layer :class:`~eagle_ext.models.DraftModel` (see the
     module docstring for the slot frame and the recurrence).
 
     Raises:
         ValueError: a draft with more than one layer (TTT drafts are single-layer).
     """
+
+    algorithm = "eagle3"  # the registry name of what it drafts for (eagle_ext.algorithms), named in reports
 
     def __init__(self, draft: nn.Module):
         if len(draft.model.layers) != 1:
@@ -418,14 +416,14 @@ class Eagle3Drafter(_DraftModelDrafter):
         ids, hidden, s = self._new_slots(tokens, aux_new)
         n = tokens.numel() - 1
         positions = torch.arange(s, n, device=ids.device)
-        # forward_peagle is the draft forward with explicit positions and attention; for a one-layer draft it
+        # forward_positions is the draft forward with explicit positions and attention; for a one-layer draft it
         # computes exactly one TTT step, here over the new verified slots with the cache as attention.
-        out = draft.forward_peagle(ids[None], hidden[None], positions[None], self.cache)[0, -1:]
+        out = draft.forward_positions(ids[None], hidden[None], positions[None], self.cache)[0, -1:]
         picked, probs = [], []
         for step in range(num_tokens):
             if step:  # TTT step `step` at slot N-1: own previous output + previous draft token, RoPE N-1+step
                 position = torch.full((1, 1), n - 1 + step, device=ids.device)
-                out = draft.forward_peagle(picked[-1][None], out[None], position, self.cache)[0]
+                out = draft.forward_positions(picked[-1][None], out[None], position, self.cache)[0]
             token, prob = self._choose(draft.compute_logits(out), temperature, generator)
             picked.append(token)
             probs.append(prob)
@@ -437,12 +435,14 @@ class PEagleDrafter(_DraftModelDrafter):
     """P-EAGLE parallel drafting: one forward of the new verified slots plus ``K - 1`` mask slots.
 
     Args:
-        draft: an :class:`~eagle_ext.models.Eagle3DraftModel` built with ``parallel_drafting=True``.
+        draft: an :class:`~eagle_ext.models.DraftModel` built with ``parallel_drafting=True``.
         mask_token_id: the token of the mask slots; default ``draft.config.mask_token_id``.
 
     Raises:
         ValueError: a draft without ``mask_hidden``, or no valid ``mask_token_id``.
     """
+
+    algorithm = "peagle"  # the registry name of what it drafts for (eagle_ext.algorithms), named in reports
 
     def __init__(self, draft: nn.Module, mask_token_id: int | None = None):
         if not isinstance(getattr(draft, "mask_hidden", None), torch.Tensor):
@@ -466,7 +466,7 @@ class PEagleDrafter(_DraftModelDrafter):
             ids = torch.cat((ids, ids.new_full((extra,), self.mask_token_id)))
             hidden = torch.cat((hidden, mask_hidden.expand(extra, -1)))
         positions = torch.arange(s, n + extra, device=ids.device)
-        out = draft.forward_peagle(ids[None], hidden[None], positions[None], self.cache)[0]
+        out = draft.forward_positions(ids[None], hidden[None], positions[None], self.cache)[0]
         self.cache.crop(n)
         picked, probs = self._choose(draft.compute_logits(out[-num_tokens:]), temperature, generator)
         return Proposal(picked, probs)
@@ -569,7 +569,7 @@ def _check_decode_args(prompt_ids, max_new_tokens, temperature) -> tuple[torch.T
         prompt_ids = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
     if prompt_ids.dim() != 1 or prompt_ids.numel() == 0 or prompt_ids.is_floating_point():
         raise ValueError(f"prompt_ids must be a non-empty 1-D integer sequence, got shape {list(prompt_ids.shape)}")
-    _check_int("max_new_tokens", max_new_tokens, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
     return prompt_ids.to(torch.int64), _check_temperature(temperature)
 
 
@@ -653,7 +653,7 @@ def speculative_decode(
         ValueError: bad arguments, or a draft whose vocabulary size differs from the target's logits.
     """
     prompt, temperature = _check_decode_args(prompt_ids, max_new_tokens, temperature)
-    k = _check_int("num_draft_tokens", num_draft_tokens, 1)
+    k = check_int("num_draft_tokens", num_draft_tokens, 1)
     stop = frozenset(int(t) for t in stop_token_ids)
     device = target.device
     _sync(device)
@@ -806,10 +806,10 @@ def evaluate_drafters(
     if not ks:
         raise ValueError("num_draft_tokens must name at least one K")
     for kk in ks:
-        _check_int("num_draft_tokens", kk, 1)
-    _check_int("max_new_tokens", max_new_tokens, 1)
+        check_int("num_draft_tokens", kk, 1)
+    check_int("max_new_tokens", max_new_tokens, 1)
     temperature = _check_temperature(temperature)
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
     device = target.device
 
     def generator(index: int) -> torch.Generator:
@@ -876,8 +876,7 @@ def _drafter_reports(drafters, baseline, spec, per_prompt, settings) -> dict[str
             spec_summaries.append(summary)
         reports[name] = {
             "settings": {**settings,
-                         "algorithm": "peagle" if isinstance(drafter, PEagleDrafter) else (
-                             "eagle3" if isinstance(drafter, Eagle3Drafter) else type(drafter).__name__)},
+                         "algorithm": getattr(drafter, "algorithm", type(drafter).__name__)},
             "target_only": target_summary,
             "speculative": spec_summaries,
             "prompts": per_prompt[name],

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from eagle_ext._hf import dtype_kwargs
 from eagle_ext.algorithms import get_algorithm
-from eagle_ext.data import build_eagle3_dataloader as build_dataloader
+from eagle_ext.data import build_dataloader
 from eagle_ext.models.draft import effective_norm_weight
 from eagle_ext.train.config import ConfigError, RecipeConfig
 from eagle_ext.train.distributed import DistContext
