@@ -8,6 +8,9 @@ its own and its tokens take the flag. Flags: 0 / 1, ``H`` = template-supplied st
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -62,113 +65,26 @@ TWO_TURNS = [
     {"role": "assistant", "content": "The capital of France is Paris."},
 ]
 
-
-@pytest.mark.parametrize("options", OPTIONS)
-def test_llama3_multi_turn(options):
-    pieces = [
-        (
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>",
-            0,
-        ),
-        ("<|start_header_id|>user<|end_header_id|>\n\nHello there<|eot_id|>", 0),
-        ("<|start_header_id|>assistant<|end_header_id|>\n\n", "H"),
-        ("I am fine, thank you.<|eot_id|>", 1),
-        ("<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>", 0),
-        ("<|start_header_id|>assistant<|end_header_id|>\n\n", "H"),
-        ("The capital of France is Paris.<|eot_id|>", 1),
-    ]
-    _check("llama3", TWO_TURNS, pieces, options)
+with open(os.path.join(os.path.dirname(__file__), "fixtures", "chat_mask_oracles.json")) as _f:
+    ORACLES = {name: case for name, case in json.load(_f).items() if not name.startswith("_")}
+_RUNS = {"all": OPTIONS, "first2": OPTIONS[:2], "none": [{}]}
 
 
-@pytest.mark.parametrize("options", OPTIONS)
-def test_qwen25_chatml_multi_turn_with_default_system_prompt(options):
-    pieces = [
-        (
-            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n",
-            0,
-        ),
-        ("<|im_start|>user\nHello there<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", "H"),
-        ("I am fine, thank you.<|im_end|>\n", 1),
-        ("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", "H"),
-        ("The capital of France is Paris.<|im_end|>\n", 1),
-    ]
-    _check("qwen25", TWO_TURNS[1:], pieces, options)
-
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
-
-
-@pytest.mark.parametrize("options", OPTIONS[:2])
-def test_qwen25_tool_call_and_tool_response(options):
-    messages = [
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-            ],
-        },
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "It is sunny in Paris."},
-    ]
-    tok = build_tokenizer("qwen25")
-    system = tok.apply_chat_template(messages[:1], tools=[WEATHER_TOOL], tokenize=False)
-    system = system[: system.index("<|im_start|>user")]
-    pieces = [
-        (system, 0),
-        ("<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", "H"),
-        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n', 1),
-        ("<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", "H"),
-        ("It is sunny in Paris.<|im_end|>\n", 1),
-    ]
-    _check("qwen25", messages, pieces, options, tools=[WEATHER_TOOL])
-
-
-@pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("inline", [False, True], ids=["reasoning_content", "inline_think"])
-def test_qwen3_single_turn_with_reasoning(options, inline):
-    answer = {
-        "role": "assistant",
-        "content": "Plants turn light into sugar.",
-        "reasoning_content": "Let me think step by step.",
-    }
-    if inline:
-        answer = {
-            "role": "assistant",
-            "content": "<think>\nLet me think step by step.\n</think>\n\nPlants turn light into sugar.",
-        }
-    messages = [{"role": "user", "content": "Please explain photosynthesis."}, answer]
-    pieces = [
-        ("<|im_start|>user\nPlease explain photosynthesis.<|im_end|>\n", 0),
-        # the template writes "<think>\n" whatever the reasoning says: it is template-supplied
-        ("<|im_start|>assistant\n<think>\n", "H"),
-        ("Let me think step by step.", "R"),
-        ("\n</think>\n\nPlants turn light into sugar.<|im_end|>\n", 1),
-    ]
-    _check("qwen3", messages, pieces, options)
-
-
-@pytest.mark.parametrize("options", OPTIONS[:2])
-def test_qwen3_empty_think_block_is_part_of_the_generation_prompt(options):
-    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "I am fine."}]
-    pieces = [
-        ("<|im_start|>user\nHello there<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n<think>\n\n</think>\n\n", "H"),
-        ("I am fine.<|im_end|>\n", 1),
-    ]
-    _check("qwen3", messages, pieces, options)
+@pytest.mark.parametrize(
+    "name, options",
+    [(name, options) for name, case in ORACLES.items() for options in _RUNS[case["options"]]],
+    ids=lambda v: "+".join(k.removeprefix("mask_") for k in v) or "default" if isinstance(v, dict) else v,
+)
+def test_assistant_mask_matches_the_oracle(name, options):
+    """tests/fixtures/chat_mask_oracles.json: Llama 3, Qwen 2.5 (with a tool call and its response), Qwen 3
+    (reasoning as a field or inline, the empty think block, generation tags), Mistral, an opening assistant turn."""
+    case = ORACLES[name]
+    pieces = [tuple(piece) for piece in case["pieces"]]
+    if "system_piece_until" in case:  # the system prompt the template writes for the tools, rendered here
+        system = build_tokenizer(case["family"]).apply_chat_template(case["messages"][:1], tools=case["tools"],
+                                                                     tokenize=False)
+        pieces[0] = (system[: system.index(case["system_piece_until"])], pieces[0][1])
+    _check(case["family"], case["messages"], pieces, options, tools=case.get("tools"))
 
 
 def test_qwen3_multi_turn_is_not_prefix_stable():
@@ -176,28 +92,6 @@ def test_qwen3_multi_turn_is_not_prefix_stable():
     with pytest.raises(ChatTemplateError, match="not prefix-stable") as err:
         ChatTokenizer(tok)(normalize_messages(TWO_TURNS))
     assert "{% generation %}" in str(err.value)  # the message says what to change
-
-
-@pytest.mark.parametrize("options", OPTIONS)
-def test_qwen3_generation_tags_multi_turn_with_reasoning(options):
-    messages = [
-        {"role": "user", "content": "Hello there"},
-        {"role": "assistant", "content": "I am fine.", "reasoning_content": "Be polite."},
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris.", "reasoning_content": "Let me think."},
-    ]
-    pieces = [
-        ("<|im_start|>user\nHello there<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", 0),  # outside the generation block
-        ("I am fine.<|im_end|>", 1),  # reasoning of a turn before the last query is not rendered
-        ("\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n", 0),
-        ("<|im_start|>assistant\n", 0),
-        ("<think>\n", "H"),
-        ("Let me think.", "R"),
-        ("\n</think>\n\nParis.<|im_end|>", 1),
-        ("\n", 0),
-    ]
-    _check("qwen3_generation", messages, pieces, options)
 
 
 def test_generation_tags_agree_with_transformers_assistant_mask():
@@ -219,37 +113,10 @@ def test_generation_tags_agree_with_transformers_assistant_mask():
     assert 0 < mask.sum() < mask.size
 
 
-@pytest.mark.parametrize("options", OPTIONS[:2])
-def test_mistral_inst(options):
-    pieces = [
-        ("<s>[INST] Hello there [/INST]", 0),
-        ("I am fine, thank you.</s>", 1),  # the template adds nothing before the content
-        ("[INST] What is the capital of France? [/INST]", 0),
-        ("The capital of France is Paris.</s>", 1),
-    ]
-    _check("mistral", TWO_TURNS[1:], pieces, options)
-
-
 def test_mistral_rejects_system_role_as_a_skipped_row():
     with pytest.raises(SkippedRow) as err:
         ChatTokenizer(build_tokenizer("mistral"))(normalize_messages(TWO_TURNS))
     assert err.value.reason == "template_error" and "alternate" in err.value.detail
-
-
-def test_opening_assistant_turn_starts_at_its_content():
-    messages = [
-        {"role": "assistant", "content": "Welcome!"},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-    ]
-    pieces = [
-        ("<|begin_of_text|><|start_header_id|>assistant<|end_header_id|>\n\n", 0),
-        ("Welcome!<|eot_id|>", 1),
-        ("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>", 0),
-        ("<|start_header_id|>assistant<|end_header_id|>\n\n", "H"),
-        ("Hello<|eot_id|>", 1),
-    ]
-    _check("llama3", messages, pieces, {})
 
 
 def test_token_mask_from_spans_overlap_and_containment():

@@ -1,8 +1,7 @@
 """The export-format table (eagle_ext.serve.formats): light to import, consistent with the algorithm registry,
-and the one source the writer, reader, checker, recipe config and `eagle-ext export` read; plus the size rule
-of issue #21 (no function in eagle_ext/serve over 80 lines)."""
+and the one source the writer, reader, checker, recipe config and `eagle-ext export` read (the size rules of
+issue #21 are in tests/test_structure.py)."""
 
-import ast
 import json
 import os
 import pathlib
@@ -112,12 +111,3 @@ def test_export_help_lists_every_format(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for fmt in FORMATS.values():
         assert f"{fmt.name} ({fmt.serves};" in out
-
-
-def test_no_function_in_serve_is_longer_than_80_lines():
-    long = []
-    for path in sorted(SERVE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
-                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
-    assert long == []
