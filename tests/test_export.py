@@ -501,7 +501,7 @@ def test_export_rejects_a_format_that_cannot_hold_the_draft(tmp_path):
         _export(_draft(norm_output=True), tmp_path / "x", "sglang")
     with pytest.raises(ValueError, match="biases"):
         _export(_draft(config=_target_config(attention_bias=True), bias=True), tmp_path / "x", "sglang")
-    with pytest.raises(TypeError, match="Eagle3DraftModel"):
+    with pytest.raises(TypeError, match="eagle_ext DraftModel, got Linear"):
         export_draft(torch.nn.Linear(2, 2), tmp_path / "x", format="speculators", aux_layer_ids=AUX)
     assert not os.path.exists(tmp_path / "x")
 
