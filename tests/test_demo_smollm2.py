@@ -211,17 +211,36 @@ def test_missing_wheel_prints_one_line_with_the_install_command(tmp_path, monkey
     assert len(err) == 1 and INSTALL_COMMAND in err[0] and "--target tiny" in err[0]
 
 
+def _vllm_found() -> bool:
+    from eagle_ext.engines.vllm import VllmUnavailable, find_vllm_python
+
+    try:
+        find_vllm_python()
+    except VllmUnavailable:
+        return False
+    return True
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="the SmolLM2 wheel, gguf and accelerate are not installed (make setup)")
 @pytest.mark.parametrize("algorithm, dtype", [("eagle3", "fp32"), ("peagle", None)])
 def test_quick_demo_on_smollm2(tmp_path, capsys, algorithm, dtype):
+    # the EAGLE-3 case also serves both drafts in vLLM (the demo's default; a note when vLLM is missing), the
+    # P-EAGLE case skips that phase (--no-vllm)
+    with_vllm = algorithm == "eagle3"
     argv = ["demo", "--quick", "--algorithm", algorithm, "--no-progress", "--output-dir", str(tmp_path)]
+    argv += [] if with_vllm else ["--no-vllm"]
     assert main(argv + (["--dtype", dtype] if dtype else [])) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     check_report(report)
     assert report["target"]["name"] == "SmolLM2-135M-Instruct" and report["device"] == "cpu"
     assert report["dtype"] == {"fp32": "float32", None: "bfloat16"}[dtype]
-    assert list(report["phases"]) == ["setup", "live_training", "evaluation", "report"]
+    assert list(report["phases"]) == ["setup", "live_training", "evaluation",
+                                      *(["vllm_evaluation"] if with_vllm else []), "report"]
+    if with_vllm and _vllm_found():
+        assert report["vllm"]["version"] and sorted(report["drafts"]["live"]["vllm_by_k"]) == ["3"]
+    else:
+        assert report["vllm"] is None
     assert report["settings"]["num_prompts"] == QUICK["num_prompts"]
     for what, path in report["files"].items():
         assert os.path.exists(path), what
