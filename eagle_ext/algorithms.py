@@ -118,12 +118,6 @@ class Algorithm(abc.ABC):
     def init_head_from_target(self, cfg: Any) -> bool:
         return bool(self.section(cfg).init_head_from_target)
 
-    def export_formats(self) -> tuple[str, ...]:
-        """The export formats that hold this algorithm's drafts (from the format table, which names them)."""
-        from eagle_ext.serve.formats import formats_holding  # the table imports this registry
-
-        return formats_holding(self.spec.name)
-
     def checkpoint_meta(self, cfg: Any) -> dict[str, Any]:
         """The checkpoint / export metadata naming this run's depth and mask token. Every registered algorithm's
         depth key is present (None when not this one), so meta.json keeps one schema."""
