@@ -116,6 +116,7 @@ class Algorithm(abc.ABC):
         return []
 
     def init_head_from_target(self, cfg: Any) -> bool:
+        """Whether a fresh run starts the draft's head from the target's output rows (the section's knob)."""
         return bool(self.section(cfg).init_head_from_target)
 
     def checkpoint_meta(self, cfg: Any) -> dict[str, Any]:

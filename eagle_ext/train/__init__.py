@@ -10,6 +10,8 @@ _EXPORTS = {
     "config_to_yaml": "eagle_ext.train.config",
     "run_training": "eagle_ext.train.loop",
     "TrainResult": "eagle_ext.train.loop",
+    "Trainer": "eagle_ext.train.trainer",
+    "RunState": "eagle_ext.train.trainer",
     "describe_run": "eagle_ext.train.dry_run",
     "resolve_checkpoint": "eagle_ext.serve.checkpoints",
     "load_checkpoint_draft": "eagle_ext.serve.checkpoints",
