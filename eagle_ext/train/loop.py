@@ -68,6 +68,17 @@ def train_loop(trainer: Trainer, state: RunState) -> TrainResult:
                        train_metrics=state.last_train, eval_metrics=state.last_eval)
 
 
+def _train(cfg: RecipeConfig, ctx) -> TrainResult:
+    """Set up and run one Trainer. The trainer (its DDP draft, its possibly FSDP-sharded target, the loaders) is
+    freed when this returns, so DDP / FSDP state is destroyed before its process group is, never at interpreter
+    exit after it."""
+    trainer = Trainer(cfg, ctx)
+    try:
+        return train_loop(trainer, trainer.setup())
+    finally:
+        trainer.close()
+
+
 def run_training(cfg: RecipeConfig) -> TrainResult:
     """Train a draft as ``cfg`` says (see the module docstring). Call under torchrun for several processes.
 
@@ -78,11 +89,7 @@ def run_training(cfg: RecipeConfig) -> TrainResult:
     ctx = init_distributed(cfg.train.device)
     try:
         with library_progress_bars(cfg.train.progress and ctx.is_main):
-            trainer = Trainer(cfg, ctx)
-            try:
-                result = train_loop(trainer, trainer.setup())
-            finally:
-                trainer.close()
+            result = _train(cfg, ctx)
     except BaseException:
         if ctx.distributed and torch.distributed.is_initialized():  # no barrier: other ranks may never reach one
             torch.distributed.destroy_process_group()
