@@ -167,3 +167,18 @@ def test_unsupported_rope_of_the_target_is_a_config_error_not_a_traceback(tmp_pa
     rc, out, err = _dry_run(tmp_path, capsys, target, "target.aux_layer_ids=[0,1,3]")
     assert rc == 2 and "Traceback" not in err, err
     assert "draft: the draft for this target cannot be built: rope_type must be one of" in err
+
+
+def test_vocabulary_knobs_beyond_the_target_are_refused_by_the_dry_run_and_the_run(tmp_path, capsys):
+    """One check (target_checks.check_target_for_run) serves the dry run and the run: a draft vocabulary or a P-EAGLE
+    mask token beyond the target's vocabulary is refused with one line naming the key, before any weights load
+    (the target directory holds only config.json)."""
+    target = _target_dir(tmp_path, DEEPSEEK_V3)
+    rc, _, err = _dry_run(tmp_path, capsys, target, "data.draft_vocab_size=200000")
+    assert rc == 2 and "data.draft_vocab_size must be <= the target's vocab_size (129280), got 200000" in err
+    data = tmp_path / "chats.jsonl"
+    rc = main(["train", "-c", os.path.join(CONFIGS, "tiny_cpu_peagle.yaml"), f"target.name_or_path={target}",
+               f"data.train_path={data}", f"output_dir={tmp_path / 'run'}", "peagle.mask_token_id=129280"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "peagle.mask_token_id must be < the target's vocab_size (129280), got 129280" in err
+    assert "Traceback" not in err

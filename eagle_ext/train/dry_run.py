@@ -101,14 +101,9 @@ def describe_run(cfg: RecipeConfig, *, world_size: int | None = None, cuda: bool
     text = getattr(target_config, "get_text_config", lambda: target_config)()
     vocab, hidden, layers = int(text.vocab_size), int(text.hidden_size), int(text.num_hidden_layers)
     aux = resolve_aux_layer_ids(cfg, layers)
+    check_target_for_run(cfg, target_config)  # the mask token, the draft vocabulary, packing, the draft's shape
     vd = cfg.data.draft_vocab_size or vocab
-    if vd > vocab:
-        raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab}), got {vd}")
     algorithm = get_algorithm(cfg.algorithm)
-    problems = algorithm.target_problems(cfg, vocab)
-    if problems:
-        raise ConfigError(problems[0])
-    check_target_for_run(cfg, target_config)
     with torch.device("meta"):
         target = AutoModelForCausalLM.from_config(target_config, trust_remote_code=t.trust_remote_code)
         try:

@@ -58,16 +58,25 @@ def draft_shape_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
 
 
 def check_target_for_run(cfg: RecipeConfig, target_config: Any) -> None:
-    """What the recipe refuses about this target before loading it.
+    """What the recipe refuses about this target before loading it (the run and the dry run ask the same).
 
     Raises:
-        ConfigError: ``data.packed_sequence_size > 0`` on a target with recurrent / linear-attention (or chunked
-            attention) layers; a ``draft.rope_layer_type`` the target lacks; a draft shape that does not fit.
+        ConfigError: what the algorithm's knobs contradict in the target's vocabulary (a P-EAGLE mask token
+            outside it); ``data.draft_vocab_size`` above it; ``data.packed_sequence_size > 0`` on a target with
+            recurrent / linear-attention (or chunked attention) layers; a ``draft.rope_layer_type`` the target
+            lacks; a draft shape that does not fit.
     """
     from eagle_ext.models.draft import build_draft_config
     from eagle_ext.models.families import check_packing_supported
     from eagle_ext.models.rope import compute_inv_freq
 
+    vocab = int(getattr(target_config, "get_text_config", lambda: target_config)().vocab_size)
+    problems = get_algorithm(cfg.algorithm).target_problems(cfg, vocab)
+    if problems:
+        raise ConfigError(problems[0])
+    if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > vocab:
+        raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({vocab}), got "
+                          f"{cfg.data.draft_vocab_size}")
     if cfg.data.packed_sequence_size > 0 and cfg.data.cached_target_path is None:
         try:
             check_packing_supported(target_config)

@@ -257,13 +257,7 @@ class Trainer:
         self.text_config, self.vocab_size, self.num_layers = text, int(text.vocab_size), int(text.num_hidden_layers)
         cached_ids = self.manifest["aux_layer_ids"] if self.manifest is not None else None
         self.aux_layer_ids = resolve_aux_layer_ids(cfg, self.num_layers, cached_ids)
-        problems = self.algorithm.target_problems(cfg, self.vocab_size)
-        if problems:
-            raise ConfigError(problems[0])
-        if cfg.data.draft_vocab_size is not None and cfg.data.draft_vocab_size > self.vocab_size:
-            raise ConfigError(f"data.draft_vocab_size must be <= the target's vocab_size ({self.vocab_size}), got "
-                              f"{cfg.data.draft_vocab_size}")
-        check_target_for_run(cfg, self.target_config)  # packing on hybrid targets, the draft's shape and RoPE
+        check_target_for_run(cfg, self.target_config)  # mask token, draft vocabulary, packing, draft shape, RoPE
 
     def _build_data(self) -> None:
         cfg, ctx, t = self.cfg, self.ctx, self.cfg.target
