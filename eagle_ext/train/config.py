@@ -37,7 +37,6 @@ class ConfigError(ValueError):
 
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-ALGORITHMS = ALGORITHM_NAMES  # the registry's (eagle_ext/algorithms.py)
 
 
 @dataclass
@@ -382,7 +381,7 @@ def validate(cfg: RecipeConfig) -> None:
 def _validate_algorithm(cfg: RecipeConfig) -> Algorithm:
     """The algorithm's strategy, after refusing knobs of another algorithm's section."""
     _require(bool(cfg.output_dir), "output_dir", cfg.output_dir, "a directory path (required)")
-    _require(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, f"one of {ALGORITHMS}")
+    _require(cfg.algorithm in ALGORITHM_NAMES, "algorithm", cfg.algorithm, f"one of {ALGORITHM_NAMES}")
     algo = get_algorithm(cfg.algorithm)
     others = {s.config_section: s.name for s in REGISTRY.values() if s.name != cfg.algorithm}
     stray = sorted(k for k in cfg.explicit if k.split(".")[0] in others)
