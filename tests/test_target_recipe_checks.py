@@ -178,7 +178,8 @@ def test_vocabulary_knobs_beyond_the_target_are_refused_by_the_dry_run_and_the_r
     assert rc == 2 and "data.draft_vocab_size must be <= the target's vocab_size (129280), got 200000" in err
     data = tmp_path / "chats.jsonl"
     rc = main(["train", "-c", os.path.join(CONFIGS, "tiny_cpu_peagle.yaml"), f"target.name_or_path={target}",
-               f"data.train_path={data}", f"output_dir={tmp_path / 'run'}", "peagle.mask_token_id=129280"])
+               f"data.train_path={data}", "data.eval_path=null", f"output_dir={tmp_path / 'run'}",
+               "peagle.mask_token_id=129280"])
     err = capsys.readouterr().err
     assert rc == 2 and "peagle.mask_token_id must be < the target's vocab_size (129280), got 129280" in err
     assert "Traceback" not in err
